@@ -1,0 +1,115 @@
+"""Per-object similarity pose: uniform scale, rotation, translation.
+
+Rotation convention (written once, here): a rotation vector ``r`` (axis-angle, ``|r|`` in
+radians about the unit axis ``r / |r|``, right-handed), ``R = exp([r]_x)``. Zero is the identity,
+so a fresh pose leaves the object's canonical front facing +Z, towards a reference camera that
+looks down -Z. A point maps as ``x_world = scale * R @ x_object + translation``.
+Quaternions appear only at the glTF boundary and are then ``(x, y, z, w)``, glTF's order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Pose", "rotvec_to_matrix", "matrix_to_rotvec", "matrix_to_quat_xyzw", "rotation_angle_deg"]
+
+
+def _skew(r: torch.Tensor) -> torch.Tensor:
+    z = torch.zeros_like(r[..., 0])
+    return torch.stack([
+        torch.stack([z, -r[..., 2], r[..., 1]], -1),
+        torch.stack([r[..., 2], z, -r[..., 0]], -1),
+        torch.stack([-r[..., 1], r[..., 0], z], -1),
+    ], -2)
+
+
+def rotvec_to_matrix(r: torch.Tensor) -> torch.Tensor:
+    """``[..., 3]`` rotation vectors to ``[..., 3, 3]`` rotation matrices (differentiable at 0 too)."""
+    return torch.linalg.matrix_exp(_skew(r))
+
+
+def matrix_to_rotvec(m: torch.Tensor) -> torch.Tensor:
+    """``[3, 3]`` rotation matrix to a ``[3]`` rotation vector (angle in [0, pi])."""
+    m = m.double()
+    cos = ((m.diagonal().sum() - 1) / 2).clamp(-1, 1)
+    angle = torch.acos(cos)
+    if angle < 1e-8:
+        return torch.zeros(3, dtype=torch.float64)
+    if angle > torch.pi - 1e-5:
+        # Near pi the antisymmetric part vanishes: take the axis from the symmetric part.
+        b = (m + torch.eye(3, dtype=m.dtype)) / 2
+        axis = b[torch.argmax(b.diagonal())]
+        return axis / axis.norm() * angle
+    axis = torch.stack([m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]]) / (2 * torch.sin(angle))
+    return axis * angle
+
+
+def matrix_to_quat_xyzw(m: torch.Tensor) -> torch.Tensor:
+    """``[3, 3]`` rotation matrix to a unit quaternion ``[4]`` in glTF order ``(x, y, z, w)``, ``w >= 0``."""
+    r = matrix_to_rotvec(m)
+    angle = r.norm()
+    axis = r / angle if angle > 0 else torch.tensor([1.0, 0.0, 0.0], dtype=r.dtype)
+    q = torch.cat([axis * torch.sin(angle / 2), torch.cos(angle / 2)[None]])
+    return q / q.norm()
+
+
+def rotation_angle_deg(ra: torch.Tensor, rb: torch.Tensor) -> float:
+    """Angle in degrees of the relative rotation between two ``[3, 3]`` rotation matrices."""
+    rel = ra.double().T @ rb.double()
+    return float(torch.rad2deg(torch.acos(((rel.diagonal().sum() - 1) / 2).clamp(-1, 1))))
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Similarity transform of one object; its three tensors are the optimisable parameters.
+
+    Attributes:
+        scale: ``[1]`` float, > 0: side length of the object's canonical unit box in world units.
+        rotation: ``[3]`` float rotation vector (module doc).
+        translation: ``[3]`` float world position of the object's canonical origin.
+    """
+
+    scale: torch.Tensor
+    rotation: torch.Tensor
+    translation: torch.Tensor
+
+    @classmethod
+    def create(cls, scale=1.0, rotation=(0.0, 0.0, 0.0), translation=(0.0, 0.0, 0.0), *, device=None,
+               dtype=torch.float32) -> "Pose":
+        def t(x, n):
+            x = torch.as_tensor(x, device=device, dtype=dtype).reshape(-1).clone()
+            if x.numel() != n:
+                raise ValueError(f"Pose: expected {n} values, got {x.numel()}")
+            return x
+        return cls(t(scale, 1), t(rotation, 3), t(translation, 3))
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [self.scale, self.rotation, self.translation]
+
+    def requires_grad_(self, flag: bool = True) -> "Pose":
+        """Make the parameters leaf tensors that track gradients (in place on this pose's tensors)."""
+        for p in self.parameters():
+            p.requires_grad_(flag)
+        return self
+
+    def detach(self) -> "Pose":
+        return Pose(self.scale.detach().clone(), self.rotation.detach().clone(), self.translation.detach().clone())
+
+    def to(self, device=None, dtype=None) -> "Pose":
+        return Pose(*(p.to(device=device, dtype=dtype) for p in self.parameters()))
+
+    def rotation_matrix(self) -> torch.Tensor:
+        """``[3, 3]`` rotation matrix."""
+        return rotvec_to_matrix(self.rotation)
+
+    def matrix(self) -> torch.Tensor:
+        """``[4, 4]`` object-to-world matrix."""
+        t = self.translation
+        top = torch.cat([self.scale * self.rotation_matrix(), t[:, None]], 1)
+        return torch.cat([top, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=t.dtype, device=t.device)], 0)
+
+    def apply(self, points: torch.Tensor) -> torch.Tensor:
+        """``[N, 3]`` object-space points to ``[N, 3]`` world points (differentiable)."""
+        return self.scale * points @ self.rotation_matrix().T + self.translation

@@ -1,0 +1,110 @@
+"""What both rasterizer backends share: the scene flattened to one triangle soup, and shading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..camera import Cameras
+from ..scene import Scene
+
+__all__ = ["RenderOutput", "FlatScene", "flatten_scene", "to_clip", "shade"]
+
+
+@dataclass(frozen=True)
+class RenderOutput:
+    """What :func:`comboverse_ops.render.render_scene` returns, batched over cameras.
+
+    Attributes:
+        rgb: ``[B, H, W, 3]`` float in [0, 1], composited over the background colour.
+        alpha: ``[B, H, W]`` float in [0, 1]; edges are antialiased, so gradients reach every
+            pose parameter through silhouettes.
+        depth: ``[B, H, W]`` float view depth (distance along the viewing axis), 0 where empty.
+        object_id: ``[B, H, W]`` int64 index into ``scene.objects`` of the front-most object
+            whose surface covers the pixel centre, -1 where none does.
+    """
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor
+    depth: torch.Tensor
+    object_id: torch.Tensor
+
+
+@dataclass(frozen=True)
+class FlatScene:
+    """All posed objects concatenated.
+
+    Attributes:
+        vertices: ``[V, 3]`` world positions (differentiable w.r.t. poses).
+        faces: ``[F, 3]`` int64 indices into ``vertices``.
+        face_object: ``[F]`` int64 object index of each face.
+        colors: ``[V, 3]`` per-vertex base colour (multiplies the texture where there is one).
+        uvs: ``[V, 2]`` texture coordinates (zeros for untextured objects).
+        textures: per object, ``[H, W, 3]`` texture or None.
+    """
+
+    vertices: torch.Tensor
+    faces: torch.Tensor
+    face_object: torch.Tensor
+    colors: torch.Tensor
+    uvs: torch.Tensor
+    textures: tuple
+
+
+def flatten_scene(scene: Scene) -> FlatScene:
+    """Validate the scene and concatenate its posed objects (see :class:`FlatScene`)."""
+    scene.validate()
+    verts, faces, face_obj, cols, uvs, texs = [], [], [], [], [], []
+    offset = 0
+    for i, obj in enumerate(scene.objects):
+        m = obj.mesh
+        v = obj.world_vertices()
+        verts.append(v)
+        faces.append(m.faces.to(torch.int64) + offset)
+        face_obj.append(torch.full((m.num_faces,), i, dtype=torch.int64, device=v.device))
+        if m.has_texture:
+            white = torch.ones(m.num_vertices, 3, dtype=v.dtype, device=v.device)
+            cols.append(m.vertex_colors.to(v.dtype) if m.vertex_colors is not None else white)
+            uvs.append(m.uvs.to(v.dtype))
+            texs.append(m.texture.to(v.dtype))
+        else:
+            cols.append(m.colors_or_default().to(v.dtype))
+            uvs.append(torch.zeros(m.num_vertices, 2, dtype=v.dtype, device=v.device))
+            texs.append(None)
+        offset += m.num_vertices
+    return FlatScene(torch.cat(verts), torch.cat(faces), torch.cat(face_obj), torch.cat(cols), torch.cat(uvs),
+                     tuple(texs))
+
+
+def to_clip(vertices: torch.Tensor, cams: Cameras) -> torch.Tensor:
+    """``[V, 3]`` world positions to ``[B, V, 4]`` OpenGL clip coordinates for ``B`` cameras."""
+    mvp = (cams.proj.to(vertices) @ cams.view.to(vertices))
+    homo = torch.cat([vertices, torch.ones_like(vertices[:, :1])], 1)
+    return torch.einsum("vj,bij->bvi", homo, mvp)
+
+
+def shade(flat: FlatScene, obj: torch.Tensor, color: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Surface colour at fragments.
+
+    Args:
+        obj: ``[P]`` int64 object index per fragment.
+        color: ``[P, 3]`` interpolated vertex colour; uv: ``[P, 2]`` interpolated uvs.
+    Returns:
+        ``[P, 3]`` colour: vertex colour times the bilinearly sampled texture where textured.
+    """
+    out = color
+    for k, tex in enumerate(flat.textures):
+        if tex is None:
+            continue
+        sel = (obj == k).nonzero().squeeze(1)
+        if sel.numel() == 0:
+            continue
+        u, v = uv[sel, 0], uv[sel, 1]
+        # OpenGL uv (v up) against a texture stored top row first (see mesh.py).
+        grid = torch.stack([u * 2 - 1, (1 - v) * 2 - 1], -1)[None, None]
+        texel = F.grid_sample(tex.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border",
+                              align_corners=False)[0, :, 0].T
+        out = out.index_put((sel,), out[sel] * texel)
+    return out
