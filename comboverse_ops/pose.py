@@ -31,18 +31,24 @@ def rotvec_to_matrix(r: torch.Tensor) -> torch.Tensor:
 
 
 def matrix_to_rotvec(m: torch.Tensor) -> torch.Tensor:
-    """``[3, 3]`` rotation matrix to a ``[3]`` rotation vector (angle in [0, pi])."""
+    """``[3, 3]`` rotation matrix to a ``[3]`` float64 rotation vector (angle in [0, pi]).
+
+    Accurate for float32 matrices over the whole range: the angle comes from ``atan2`` of the
+    antisymmetric and trace parts; past 90 degrees the axis comes from the symmetric part (the
+    antisymmetric part vanishes near pi) and the antisymmetric part only picks its sign.
+    """
     m = m.double()
-    cos = ((m.diagonal().sum() - 1) / 2).clamp(-1, 1)
-    angle = torch.acos(cos)
-    if angle < 1e-8:
-        return torch.zeros(3, dtype=torch.float64)
-    if angle > torch.pi - 1e-5:
-        # Near pi the antisymmetric part vanishes: take the axis from the symmetric part.
-        b = (m + torch.eye(3, dtype=m.dtype)) / 2
-        axis = b[torch.argmax(b.diagonal())]
-        return axis / axis.norm() * angle
-    axis = torch.stack([m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]]) / (2 * torch.sin(angle))
+    w = torch.stack([m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]])  # 2 sin(angle) * axis
+    sin2, cos2 = w.norm(), m.diagonal().sum() - 1  # 2 sin(angle), 2 cos(angle)
+    angle = torch.atan2(sin2, cos2)
+    if cos2 >= 0:
+        # angle / sin(angle) is well conditioned here; w / 2 is exact to first order near 0.
+        return w / 2 if angle < 1e-8 else w * (angle / sin2)
+    b = (m + m.T) / 2 - torch.eye(3, dtype=m.dtype) * (cos2 / 2)  # (1 - cos) * axis axis^T
+    axis = b[torch.argmax(b.diagonal())]
+    axis = axis / axis.norm()
+    if torch.dot(axis, w) < 0:
+        axis = -axis
     return axis * angle
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from ..camera import Cameras
 from ..scene import Scene
 
-__all__ = ["RenderOutput", "FlatScene", "flatten_scene", "to_clip", "shade"]
+__all__ = ["RenderOutput", "FlatScene", "flatten_scene", "face_neighbours", "to_clip", "shade"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class FlatScene:
         colors: ``[V, 3]`` per-vertex base colour (multiplies the texture where there is one).
         uvs: ``[V, 2]`` texture coordinates (zeros for untextured objects).
         textures: per object, ``[H, W, 3]`` texture or None.
+        neighbours: ``[F, 3]`` int64 face across edge ``k`` (from vertex ``k`` to ``k + 1``) of each
+            face, -1 on open boundaries; vertices at the same position count as one, so meshes
+            with split vertices (hard edges, uv seams) are still closed.
     """
 
     vertices: torch.Tensor
@@ -51,18 +55,59 @@ class FlatScene:
     colors: torch.Tensor
     uvs: torch.Tensor
     textures: tuple
+    neighbours: torch.Tensor
+
+
+# Topology per mesh, computed once: optimisation loops render the same frozen meshes many times.
+_NEIGHBOURS: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()
+
+
+def mesh_neighbours(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """:func:`face_neighbours`, cached for as long as the mesh's tensors live."""
+    hit = _NEIGHBOURS.get(faces)
+    if hit is not None and hit[0]() is vertices:
+        return hit[1]
+    nb = face_neighbours(vertices, faces)
+    _NEIGHBOURS[faces] = (weakref.ref(vertices), nb)
+    return nb
+
+
+def face_neighbours(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """``[F, 3]`` neighbour across each face edge (see :class:`FlatScene`); -1 where an edge is
+    open or shared by more than two faces."""
+    v = vertices.detach()
+    lo = v.amin(0)
+    extent = (v.amax(0) - lo).max().clamp_min(1e-12)
+    _, weld = torch.unique(torch.round((v - lo) / extent * 1e6).long(), dim=0, return_inverse=True)
+    f = weld[faces]
+    a, b = f, f.roll(-1, dims=1)
+    n = int(weld.max()) + 1
+    key = (torch.minimum(a, b) * n + torch.maximum(a, b)).reshape(-1)
+    order = torch.argsort(key)
+    sk = key[order]
+    _, inverse, counts = torch.unique_consecutive(sk, return_inverse=True, return_counts=True)
+    first = ((sk[1:] == sk[:-1]) & (counts[inverse][:-1] == 2)).nonzero().squeeze(1)
+    e1, e2 = order[first], order[first + 1]
+    nb = torch.full_like(key, -1)
+    nb[e1] = e2 // 3
+    nb[e2] = e1 // 3
+    return nb.reshape(-1, 3)
 
 
 def flatten_scene(scene: Scene) -> FlatScene:
     """Validate the scene and concatenate its posed objects (see :class:`FlatScene`)."""
     scene.validate()
-    verts, faces, face_obj, cols, uvs, texs = [], [], [], [], [], []
+    verts, faces, face_obj, cols, uvs, texs, nbs = [], [], [], [], [], [], []
+    face_offset = 0
     offset = 0
     for i, obj in enumerate(scene.objects):
         m = obj.mesh
         v = obj.world_vertices()
         verts.append(v)
         faces.append(m.faces.to(torch.int64) + offset)
+        nb = mesh_neighbours(m.vertices, m.faces).to(torch.int64)
+        nbs.append(torch.where(nb >= 0, nb + face_offset, nb))
+        face_offset += m.num_faces
         face_obj.append(torch.full((m.num_faces,), i, dtype=torch.int64, device=v.device))
         if m.has_texture:
             white = torch.ones(m.num_vertices, 3, dtype=v.dtype, device=v.device)
@@ -75,7 +120,7 @@ def flatten_scene(scene: Scene) -> FlatScene:
             texs.append(None)
         offset += m.num_vertices
     return FlatScene(torch.cat(verts), torch.cat(faces), torch.cat(face_obj), torch.cat(cols), torch.cat(uvs),
-                     tuple(texs))
+                     tuple(texs), torch.cat(nbs))
 
 
 def to_clip(vertices: torch.Tensor, cams: Cameras) -> torch.Tensor:
