@@ -59,16 +59,18 @@ class FlatScene:
 
 
 # Topology per mesh, computed once: optimisation loops render the same frozen meshes many times.
-_NEIGHBOURS: "weakref.WeakKeyDictionary[torch.Tensor, tuple]" = weakref.WeakKeyDictionary()
+# Keyed by the id of the faces tensor; an entry is dropped when that tensor is freed.
+_NEIGHBOURS: dict[int, tuple] = {}
 
 
 def mesh_neighbours(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """:func:`face_neighbours`, cached for as long as the mesh's tensors live."""
-    hit = _NEIGHBOURS.get(faces)
-    if hit is not None and hit[0]() is vertices:
-        return hit[1]
+    hit = _NEIGHBOURS.get(id(faces))
+    if hit is not None and hit[0]() is faces and hit[1]() is vertices:
+        return hit[2]
     nb = face_neighbours(vertices, faces)
-    _NEIGHBOURS[faces] = (weakref.ref(vertices), nb)
+    _NEIGHBOURS[id(faces)] = (weakref.ref(faces), weakref.ref(vertices), nb)
+    weakref.finalize(faces, _NEIGHBOURS.pop, id(faces), None)
     return nb
 
 
