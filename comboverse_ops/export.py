@@ -23,18 +23,19 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
+from .atomic import write_bytes_atomic
 from .mesh import Mesh
 from .pose import matrix_to_quat_xyzw
 from .scene import Scene, SceneObject
 
-__all__ = ["scene_to_glb_bytes", "write_glb", "load_mesh_file", "scene_to_mesh_arrays",
+__all__ = ["scene_to_glb_bytes", "write_glb", "load_mesh_file", "scene_to_mesh_arrays", "scene_vertex_colors",
            "meshes_from_mesh_arrays"]
 
 logger = logging.getLogger(__name__)
@@ -179,23 +180,7 @@ def write_glb(scene: Scene, path: str | os.PathLike) -> Path:
     temporary file is removed and an existing ``path`` is left untouched. Parent folders are
     created.
     """
-    path = Path(path)
-    data = scene_to_glb_bytes(scene)  # fails before anything touches the disk
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # NamedTemporaryFile creates 0600; give the result the usual 0644, or keep the old file's mode.
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    tmp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp.name, mode)
-        os.replace(tmp.name, path)
-    except BaseException:
-        Path(tmp.name).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes_atomic(path, scene_to_glb_bytes(scene))  # bytes fail before the disk is touched
 
 
 def _unit_colors(colors) -> np.ndarray:
@@ -288,6 +273,26 @@ def scene_to_mesh_arrays(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
         faces.append(obj.mesh.faces.detach().to("cpu", torch.int64) + offset)
         offset += obj.mesh.num_vertices
     return torch.cat(verts)[None], torch.cat(faces)[None]
+
+
+def scene_vertex_colors(scene: Scene) -> torch.Tensor:
+    """``[1, N, 3]`` float32 colours in [0, 1] of the vertices of :func:`scene_to_mesh_arrays`.
+
+    Vertex colours as they are; textured objects get their texture sampled at each vertex's uv
+    (times any vertex colour), so a viewer without textures still shows each object's look.
+    """
+    from .render.common import shade  # shading is the renderer's, so colours match its images
+
+    cols = []
+    for obj in scene.objects:
+        m = obj.mesh.to("cpu", torch.float32)
+        base = m.colors_or_default() if not m.has_texture else (
+            m.vertex_colors if m.vertex_colors is not None else torch.ones(m.num_vertices, 3))
+        if m.has_texture:
+            flat = SimpleNamespace(textures=(m.texture,))
+            base = shade(flat, torch.zeros(m.num_vertices, dtype=torch.long), base, m.uvs)
+        cols.append(base.detach().clamp(0, 1))
+    return torch.cat(cols)[None]
 
 
 def _batched(x, label: str, width: tuple[int, ...]) -> torch.Tensor:

@@ -1,0 +1,37 @@
+"""ComboVerse ExportMesh: the posed scene as one GLB (one node per object) plus a core MESH."""
+
+from __future__ import annotations
+
+from ..comboverse_ops.export import scene_to_mesh_arrays, scene_vertex_colors, write_glb
+from .host import SCENE, make_core_mesh, next_output_path
+
+
+class ExportMesh:
+    DESCRIPTION = ("Writes the composed scene as one GLB into ComfyUI's output folder: one glTF node per object, "
+                   "whose transform is that object's pose, so objects stay separable in Blender. Shows the file in "
+                   "the 3D viewer and outputs a core MESH for SaveGLB / Preview3D and other 3D nodes.")
+    CATEGORY = "ComboVerse/export"
+    FUNCTION = "export"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("MESH", "STRING")
+    RETURN_NAMES = ("mesh", "glb_path")
+    OUTPUT_TOOLTIPS = ("All objects merged in world space (core MESH, batch of 1).",
+                       "The written GLB, relative to the output folder (Preview3D's model_file).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "scene": (SCENE, {"tooltip": "The composed scene (from InitPose or SSDSRefine)."}),
+            "filename_prefix": ("STRING", {"default": "comboverse/scene",
+                                           "tooltip": "File name prefix inside the output folder; a counter "
+                                                      "is appended, nothing is overwritten."}),
+        }}
+
+    def export(self, scene, filename_prefix):
+        path, filename, subfolder = next_output_path(filename_prefix, "glb")
+        write_glb(scene, path)
+        vertices, faces = scene_to_mesh_arrays(scene)
+        mesh = make_core_mesh(vertices, faces, scene_vertex_colors(scene))
+        rel = f"{subfolder}/{filename}" if subfolder else filename
+        ui = {"3d": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}
+        return {"ui": ui, "result": (mesh, rel)}
