@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .camera import Cameras, box_corners, project_boxes, project_points
+from .layout import boxes_from_masks
 from .mesh import Mesh
 from .pose import Pose, matrix_to_rotvec, rotvec_to_matrix
 from .primitives import PRIMITIVE_KINDS, make_primitive
@@ -199,26 +200,6 @@ def world_aabb(obj: SceneObject) -> tuple[torch.Tensor, torch.Tensor]:
     """``([3], [3])`` world-space min and max corner of a posed object (detached)."""
     v = obj.world_vertices().detach()
     return v.amin(0), v.amax(0)
-
-
-def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
-    """Tight pixel boxes of binary masks.
-
-    Args:
-        masks: ``[N, H, W]`` masks, nonzero = object.
-    Returns:
-        ``[N, 4]`` float ``(x0, y0, x1, y1)`` in continuous pixel coordinates (:mod:`.camera`):
-        from the left/top edge of the first covered pixel to the right/bottom edge of the last,
-        so a single pixel ``(u, v)`` gives ``(u, v, u + 1, v + 1)``. All zeros for an empty mask.
-    """
-    if masks.ndim != 3:
-        raise ValueError(f"boxes_from_masks: masks must be [N, H, W], got {tuple(masks.shape)}")
-    out = torch.zeros(masks.shape[0], 4, dtype=torch.float32, device=masks.device)
-    for i, m in enumerate(masks != 0):
-        rows, cols = m.any(1).nonzero().squeeze(1), m.any(0).nonzero().squeeze(1)
-        if rows.numel():
-            out[i] = torch.stack([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]).float()
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,12 @@ import torch
 
 # Socket types of this pack. Core types (IMAGE, MASK, MESH, BOUNDING_BOX) are used wherever a
 # person or another node may want to step in.
-SCENE = "COMBOVERSE_SCENE"
+SCENE = "COMBOVERSE_SCENE"  # comboverse_ops.scene.Scene: meshes, poses, reference camera
+LAYOUT = "COMBOVERSE_LAYOUT"  # comboverse_ops.layout.Layout: boxes, phrases, masks in source pixels
+MESHES = "COMBOVERSE_MESHES"  # list[comboverse_ops.mesh.Mesh], canonical frame, one per object
+SAM_MODEL = "COMBOVERSE_SAM"
+INPAINT_MODEL = "COMBOVERSE_INPAINT_MODEL"
+LIFT3D_MODEL = "COMBOVERSE_LIFT3D_MODEL"
 
 
 def output_directory() -> Path:

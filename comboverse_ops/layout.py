@@ -1,0 +1,147 @@
+"""Where the objects are in the source image: boxes, phrases, masks.
+
+Boxes are ``(x0, y0, x1, y1)`` in source-image pixels, continuous coordinates: the pixel in
+column ``u`` spans ``[u, u + 1)``, so a box around pixels ``u0..u1`` inclusive is
+``(u0, v0, u1 + 1, v1 + 1)``. Inputs also come as ComfyUI's ``BOUNDING_BOX`` dicts
+(``{"x", "y", "width", "height"}``, top-left origin) or as JSON text of either form.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+
+import torch
+
+__all__ = ["Layout", "parse_boxes", "parse_points", "boxes_from_masks"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The objects of one source image, in the user's order.
+
+    Attributes:
+        boxes: ``[N, 4]`` float32 ``(x0, y0, x1, y1)`` pixel boxes (module doc).
+        image_size: ``(height, width)`` of the source image.
+        phrases: ``N`` object phrases ("a teddy bear"); empty strings where none was given.
+        masks: ``[N, H, W]`` float in {0, 1}, visible pixels of each object, or None.
+    """
+
+    boxes: torch.Tensor
+    image_size: tuple[int, int]
+    phrases: tuple[str, ...] = ()
+    masks: torch.Tensor | None = None
+
+    def __post_init__(self):
+        n = self.boxes.shape[0]
+        if not self.phrases:
+            object.__setattr__(self, "phrases", ("",) * n)
+        object.__setattr__(self, "phrases", tuple(self.phrases))
+        if len(self.phrases) != n:
+            raise ValueError(f"layout: {n} boxes but {len(self.phrases)} phrases; give one phrase per box")
+        if self.masks is not None and tuple(self.masks.shape) != (n, *self.image_size):
+            raise ValueError(f"layout: masks must be [{n}, {self.image_size[0]}, {self.image_size[1]}] "
+                             f"(one per box, image size), got {tuple(self.masks.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def with_masks(self, masks: torch.Tensor) -> "Layout":
+        return replace(self, masks=masks)
+
+
+def _check_boxes(boxes: torch.Tensor, image_size: tuple[int, int], what: str) -> torch.Tensor:
+    h, w = image_size
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        if not (x1 > x0 and y1 > y0):
+            raise ValueError(f"{what}: box {i} {[x0, y0, x1, y1]} has zero or negative area "
+                             "(expected x1 > x0 and y1 > y0)")
+        if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+            raise ValueError(f"{what}: box {i} {[x0, y0, x1, y1]} lies outside the {w}x{h} image")
+    clipped = boxes.clone()
+    clipped[:, 0::2] = clipped[:, 0::2].clamp(0, w)
+    clipped[:, 1::2] = clipped[:, 1::2].clamp(0, h)
+    return clipped
+
+
+def parse_boxes(value, image_size: tuple[int, int], *, what: str = "boxes") -> torch.Tensor:
+    """Boxes from what a user or another node gives, as ``[N, 4]`` float32 ``(x0, y0, x1, y1)``.
+
+    Accepts: ComfyUI ``BOUNDING_BOX`` dicts (one, a list, or ComfyUI's per-image list of lists,
+    of which only the first image is used); lists ``[x0, y0, x1, y1]``; a tensor ``[N, 4]``; or
+    JSON text of any of these. Boxes partly outside the image are clipped to it; boxes wholly
+    outside, or of zero area, raise ``ValueError`` naming the box.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ValueError(f"{what}: empty; give one box per object, e.g. [[10, 20, 110, 140]] or "
+                             '[{"x": 10, "y": 20, "width": 100, "height": 120}]')
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what}: not valid JSON ({e.msg} at character {e.pos}): {text[:80]!r}") from None
+    if torch.is_tensor(value):
+        rows = value.detach().reshape(-1, 4).float().cpu().tolist()
+    else:
+        if isinstance(value, dict):
+            value = [value]
+        if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)) and value[0] \
+                and isinstance(value[0][0], dict):
+            value = value[0]  # ComfyUI's per-image form
+        rows = []
+        for i, b in enumerate(value or []):
+            if isinstance(b, dict):
+                try:
+                    x, y, bw, bh = (float(b[k]) for k in ("x", "y", "width", "height"))
+                except KeyError as e:
+                    raise ValueError(f"{what}: box {i} lacks key {e.args[0]!r}; expected x, y, width, height") from None
+                rows.append([x, y, x + bw, y + bh])
+            elif isinstance(b, (list, tuple)) and len(b) == 4:
+                rows.append([float(v) for v in b])
+            else:
+                raise ValueError(f"{what}: box {i} must be [x0, y0, x1, y1] or a dict with x, y, width, height; "
+                                 f"got {b!r}")
+    if not rows:
+        raise ValueError(f"{what}: no boxes given; give one box per object")
+    return _check_boxes(torch.tensor(rows, dtype=torch.float32), image_size, what)
+
+
+def parse_points(value, *, what: str = "points") -> torch.Tensor:
+    """Points ``[{"x": .., "y": ..}, ...]`` (or ``[[x, y], ...]``, or JSON text) as ``[K, 2]`` float32."""
+    if isinstance(value, str):
+        if not value.strip():
+            return torch.zeros(0, 2)
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what}: not valid JSON ({e.msg} at character {e.pos})") from None
+    rows = []
+    for i, p in enumerate(value or []):
+        if isinstance(p, dict) and "x" in p and "y" in p:
+            rows.append([float(p["x"]), float(p["y"])])
+        elif isinstance(p, (list, tuple)) and len(p) == 2:
+            rows.append([float(v) for v in p])
+        else:
+            raise ValueError(f'{what}: point {i} must be {{"x": .., "y": ..}} or [x, y], got {p!r}')
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 2)
+
+
+def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Tight pixel boxes of binary masks.
+
+    Args:
+        masks: ``[N, H, W]`` masks, nonzero = object.
+    Returns:
+        ``[N, 4]`` float ``(x0, y0, x1, y1)`` in continuous pixel coordinates (:mod:`.camera`):
+        from the left/top edge of the first covered pixel to the right/bottom edge of the last,
+        so a single pixel ``(u, v)`` gives ``(u, v, u + 1, v + 1)``. All zeros for an empty mask.
+    """
+    if masks.ndim != 3:
+        raise ValueError(f"boxes_from_masks: masks must be [N, H, W], got {tuple(masks.shape)}")
+    out = torch.zeros(masks.shape[0], 4, dtype=torch.float32, device=masks.device)
+    for i, m in enumerate(masks != 0):
+        rows, cols = m.any(1).nonzero().squeeze(1), m.any(0).nonzero().squeeze(1)
+        if rows.numel():
+            out[i] = torch.stack([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]).float()
+    return out
