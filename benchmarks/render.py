@@ -62,7 +62,7 @@ def fwd_bwd(scene, cams, backend):
 def dense_fwd_bwd(scene, cams, cull):
     def step():
         flat = flatten_scene(scene)
-        rgb, alpha, depth, _ = rasterize_torch(flat, to_clip(flat.vertices, cams), cams.width, cams.height,
+        rgb, alpha, depth, _, _ = rasterize_torch(flat, to_clip(flat.vertices, cams), cams.width, cams.height,
                                                torch.ones(3, device=cams.device), cull=cull)
         (rgb.mean() + alpha.mean() + 0.01 * depth.mean()).backward()
     return step

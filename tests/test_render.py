@@ -110,11 +110,11 @@ def test_culled_rasterizer_matches_the_dense_reference_forward_and_backward():
     for cull in (True, False):
         scene = two_object_scene(requires_grad=True)
         flat = flatten_scene(scene)
-        rgb, alpha, depth, oid = rasterize_torch(flat, to_clip(flat.vertices, cams), 40, 32,
-                                                 torch.ones(3), cull=cull)
+        rgb, alpha, depth, oid, obj_alpha = rasterize_torch(flat, to_clip(flat.vertices, cams), 40, 32,
+                                                            torch.ones(3), cull=cull, per_object=True)
         (rgb.square().mean() + alpha.mean() + 0.1 * depth.mean()).backward()
         grads = torch.cat([p.grad for pose in scene.poses for p in pose.parameters()])
-        results.append((rgb, alpha, depth, oid, grads))
+        results.append((rgb, alpha, depth, oid, obj_alpha, grads))
     for x, y in zip(results[0], results[1]):
         assert torch.allclose(x.float(), y.float(), atol=1e-5)
 
@@ -183,3 +183,15 @@ def test_backend_choice_is_explicit():
     forced = render_scene(scene, front_camera(16), backend="torch")
     if not torch.cuda.is_available():
         assert torch.equal(auto.rgb, forced.rgb)
+
+
+def test_per_object_alpha_splits_alpha_by_visible_object():
+    scene = two_object_scene()
+    out = render_scene(scene, front_camera(64), per_object=True)
+    assert out.object_alpha.shape == (1, 2, 64, 64)
+    assert torch.allclose(out.object_alpha.sum(1), out.alpha, atol=1e-5)
+    # Inside b (away from its antialiased edge) a has no visible share.
+    hidden = out.object_alpha[0, 1] > 0.999
+    assert hidden.sum() > 100
+    assert float(out.object_alpha[0, 0][hidden].max()) < 1e-6
+    assert render_scene(scene, front_camera(64)).object_alpha is None

@@ -36,7 +36,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def render_scene(scene: Scene, cameras: Cameras, *, background=(1.0, 1.0, 1.0), backend: str = "auto",
-                 aa_width: float = 1.0) -> RenderOutput:
+                 aa_width: float = 1.0, per_object: bool = False) -> RenderOutput:
     """Render RGB, alpha, depth and object ids of ``scene`` seen by every camera.
 
     Args:
@@ -45,6 +45,7 @@ def render_scene(scene: Scene, cameras: Cameras, *, background=(1.0, 1.0, 1.0), 
         background: RGB in [0, 1] behind the objects.
         backend: ``"auto"``, ``"torch"`` or ``"nvdiffrast"`` (module doc).
         aa_width: torch backend only: width in pixels of the antialiasing ramp at edges.
+        per_object: also return each object's visible alpha (``RenderOutput.object_alpha``).
     Returns:
         :class:`RenderOutput` with ``[B, H, W, ...]`` tensors, images top row first.
     """
@@ -55,7 +56,8 @@ def render_scene(scene: Scene, cameras: Cameras, *, background=(1.0, 1.0, 1.0), 
     bg = torch.as_tensor(background, dtype=flat.vertices.dtype, device=device).reshape(3)
     clip = to_clip(flat.vertices, cameras)
     if resolve_backend(backend, device) == "nvdiffrast":
-        out = rasterize_nvdiffrast(flat, clip, cameras.width, cameras.height, bg)
+        out = rasterize_nvdiffrast(flat, clip, cameras.width, cameras.height, bg, per_object=per_object)
     else:
-        out = rasterize_torch(flat, clip, cameras.width, cameras.height, bg, near=cameras.near, aa_width=aa_width)
+        out = rasterize_torch(flat, clip, cameras.width, cameras.height, bg, near=cameras.near, aa_width=aa_width,
+                              per_object=per_object)
     return RenderOutput(*out)

@@ -25,12 +25,15 @@ class RenderOutput:
         depth: ``[B, H, W]`` float view depth (distance along the viewing axis), 0 where empty.
         object_id: ``[B, H, W]`` int64 index into ``scene.objects`` of the front-most object
             whose surface covers the pixel centre, -1 where none does.
+        object_alpha: ``[B, N, H, W]`` float, each object's visible share of ``alpha`` (they sum
+            to ``alpha``); only when asked for with ``per_object=True``, else None.
     """
 
     rgb: torch.Tensor
     alpha: torch.Tensor
     depth: torch.Tensor
     object_id: torch.Tensor
+    object_alpha: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def _context(device: torch.device):
 
 
 def rasterize_nvdiffrast(flat: FlatScene, clip: torch.Tensor, width: int, height: int,
-                         background: torch.Tensor):
+                         background: torch.Tensor, per_object: bool = False):
     """Same contract as :func:`.torch_raster.rasterize_torch`, on CUDA tensors."""
     import nvdiffrast.torch as dr
 
@@ -59,8 +59,12 @@ def rasterize_nvdiffrast(flat: FlatScene, clip: torch.Tensor, width: int, height
     color = shade(flat, flat_obj, interp[..., 0:3].reshape(-1, 3), interp[..., 3:5].reshape(-1, 2))
     color = color.reshape(b, height, width, 3)
     mask = covered[..., None].float()
-    rgba = torch.cat([color * mask + background.float() * (1 - mask), mask], -1)
-    rgba = dr.antialias(rgba.contiguous(), rast, clip, tri)
+    channels = [color * mask + background.float() * (1 - mask), mask]
+    n_obj = len(flat.textures)
+    if per_object:  # one-hot object coverage, antialiased like the colour
+        channels.append(torch.nn.functional.one_hot(obj.clamp_min(0), n_obj).float() * mask)
+    rgba = dr.antialias(torch.cat(channels, -1).contiguous(), rast, clip, tri)
     depth = torch.where(covered, interp[..., 5], torch.zeros_like(interp[..., 5]))
     flip = lambda t: torch.flip(t, dims=[1])  # noqa: E731
-    return flip(rgba[..., :3]), flip(rgba[..., 3]), flip(depth), flip(obj)
+    object_alpha = flip(rgba[..., 4:]).permute(0, 3, 1, 2) if per_object else None
+    return flip(rgba[..., :3]), flip(rgba[..., 3]), flip(depth), flip(obj), object_alpha

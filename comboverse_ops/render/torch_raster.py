@@ -163,7 +163,8 @@ def _select_fragments(scr: torch.Tensor, flat: FlatScene, width: int, height: in
 
 
 def rasterize_torch(flat: FlatScene, clip: torch.Tensor, width: int, height: int,
-                    background: torch.Tensor, near: float = 1e-4, aa_width: float = 1.0, cull: bool = True):
+                    background: torch.Tensor, near: float = 1e-4, aa_width: float = 1.0, cull: bool = True,
+                    per_object: bool = False):
     """Render a flattened scene for ``B`` cameras.
 
     Args:
@@ -175,9 +176,10 @@ def rasterize_torch(flat: FlatScene, clip: torch.Tensor, width: int, height: int
         aa_width: width in pixels of the coverage ramp across silhouette edges.
         cull: pair faces only with pixels near them (False: every pixel, the slow dense
             reference that tests and benchmarks compare against).
+        per_object: also return each object's visible alpha ``[B, N, H, W]``.
     Returns:
-        ``(rgb [B,H,W,3], alpha [B,H,W], depth [B,H,W], object_id [B,H,W])`` as in
-        :class:`.common.RenderOutput`.
+        ``(rgb [B,H,W,3], alpha [B,H,W], depth [B,H,W], object_id [B,H,W], object_alpha)`` as
+        in :class:`.common.RenderOutput` (``object_alpha`` None unless ``per_object``).
     """
     b_count = clip.shape[0]
     n_img = height * width
@@ -220,4 +222,10 @@ def rasterize_torch(flat: FlatScene, clip: torch.Tensor, width: int, height: int
     object_id = torch.full((n_pix,), -1, dtype=torch.long, device=clip.device)
     object_id[pix[kind == _COVER]] = obj[kind == _COVER]
     shape = (b_count, height, width)
-    return rgb.reshape(*shape, 3), alpha.reshape(shape), depth_img.reshape(shape), object_id.reshape(shape)
+    object_alpha = None
+    if per_object:
+        n_obj = len(flat.textures)
+        object_alpha = clip.new_zeros(n_obj * n_pix).index_add(0, obj * n_pix + pix, weight)
+        object_alpha = object_alpha.reshape(n_obj, *shape).transpose(0, 1)
+    return (rgb.reshape(*shape, 3), alpha.reshape(shape), depth_img.reshape(shape), object_id.reshape(shape),
+            object_alpha)
