@@ -1,0 +1,149 @@
+"""ComboVerse InitPose and SSDSRefine: compose the objects into one scene (METHOD.md Stage 2)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..comboverse_ops.init_pose import DEPTH_KINDS, InitSettings, depth_from_image, init_poses, reference_camera
+from ..comboverse_ops.refine import PARAMETERIZATIONS, LossWeights, RefineSettings, RefineTargets, refine_poses
+from ..comboverse_ops.render import BACKENDS, render_scene
+from ..comboverse_ops.scene import Scene, SceneObject
+from .host import LAYOUT, MESHES, SCENE, Progress
+
+
+def _reference_image(image: torch.Tensor, what: str = "reference_image") -> torch.Tensor:
+    """ComfyUI IMAGE ``[1, H, W, C]`` to ``[H, W, 3]``."""
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"{what}: expected one image [1, H, W, C], got {tuple(image.shape)}; pick one frame "
+                         "(ComfyUI's ImageFromBatch)")
+    if image.shape[-1] not in (3, 4):
+        raise ValueError(f"{what}: expected 3 or 4 channels, got {image.shape[-1]}")
+    return image[0, ..., :3].float()
+
+
+def _preview(scene: Scene) -> torch.Tensor:
+    with torch.no_grad():
+        return render_scene(scene, scene.camera).rgb.detach().cpu().float().clamp(0, 1)
+
+
+class InitPose:
+    DESCRIPTION = ("Places every object in one scene, as ComboVerse does: each mesh faces the camera, sits at its "
+                   "box centre, is sized to its box, and at the depth the (optional) depth map gives inside its "
+                   "mask. Outputs the scene and a render of it from the reference camera.")
+    CATEGORY = "ComboVerse/combine"
+    FUNCTION = "init"
+    RETURN_TYPES = (SCENE, "IMAGE")
+    RETURN_NAMES = ("scene", "preview")
+    OUTPUT_TOOLTIPS = ("Objects with initial poses and the reference camera.",
+                       "The initial composition seen from the reference camera.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "meshes": (MESHES, {"tooltip": "One mesh per object in the canonical frame (Lift3D, or Meshes From "
+                                               "MESH), in the layout's order."}),
+                "layout": (LAYOUT, {"tooltip": "Boxes, phrases and masks of the objects (Segment)."}),
+                "reference_image": ("IMAGE", {"tooltip": "The source picture the layout was made on."}),
+                "fov_deg": ("FLOAT", {"default": 40.0, "min": 5.0, "max": 120.0, "step": 0.5,
+                                      "tooltip": "Vertical field of view of the camera that took the picture."}),
+                "elevation_deg": ("FLOAT", {"default": -15.0, "min": -89.0, "max": 89.0, "step": 0.5,
+                                            "tooltip": "Camera elevation, kiui's convention: NEGATIVE looks down "
+                                                       "from above (-15 = a table seen from slightly above)."}),
+                "depth_kind": (list(DEPTH_KINDS), {"default": "disparity",
+                                                   "tooltip": "What the depth map holds: disparity (bright = near; "
+                                                              "Depth Anything, MiDaS) or depth (bright = far)."}),
+            },
+            "optional": {
+                "depth_map": ("IMAGE", {"tooltip": "Any depth node's output for the reference image. Resized to "
+                                                   "the image if needed. Without it all objects start at one "
+                                                   "depth."}),
+            },
+        }
+
+    def init(self, meshes, layout, reference_image, fov_deg, elevation_deg, depth_kind, depth_map=None):
+        image = _reference_image(reference_image)
+        h, w = image.shape[:2]
+        if tuple(layout.image_size) != (h, w):
+            raise ValueError(f"reference_image: is {w}x{h} but the layout was made on a "
+                             f"{layout.image_size[1]}x{layout.image_size[0]} image; feed Segment the same image")
+        depth = depth_from_image(depth_map, (h, w), "depth_map") if depth_map is not None else None
+        camera = reference_camera(h, w, fov_deg, elevation_deg)
+        poses = init_poses(list(meshes), layout, camera, depth, InitSettings(depth_kind=depth_kind))
+        names = _unique_names(layout, meshes)
+        scene = Scene([SceneObject(n, m, p) for n, m, p in zip(names, meshes, poses)], camera,
+                      meta={"phrases": list(layout.phrases)})
+        return (scene, _preview(scene))
+
+
+def _unique_names(layout, meshes) -> list[str]:
+    names = []
+    for i, (phrase, mesh) in enumerate(zip(layout.phrases, meshes)):
+        base = (phrase or mesh.name or "object").strip().replace(" ", "_") or "object"
+        name = base if base not in names else f"{base}_{i}"
+        names.append(name)
+    return names
+
+
+class SSDSRefine:
+    DESCRIPTION = ("Optimises every object's pose (scale, rotation, translation) so the scene matches the "
+                   "reference picture (ComboVerse's reference loss), with optional beyond-the-paper terms: a "
+                   "silhouette pull that works from any distance, no interpenetration, and objects resting on "
+                   "what is under them. Progress shows a preview; Cancel stops within one step.")
+    CATEGORY = "ComboVerse/combine"
+    FUNCTION = "refine"
+    RETURN_TYPES = (SCENE, "IMAGE")
+    RETURN_NAMES = ("scene", "preview")
+    OUTPUT_TOOLTIPS = ("The scene with refined poses.", "The refined scene seen from the reference camera.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        d = RefineSettings()
+        w = LossWeights()
+        return {
+            "required": {
+                "scene": (SCENE, {"tooltip": "From InitPose."}),
+                "reference_image": ("IMAGE", {"tooltip": "The source picture (same as InitPose's)."}),
+                "layout": (LAYOUT, {"tooltip": "From Segment: its masks say which pixels belong to which object."}),
+                "steps": ("INT", {"default": d.steps, "min": 0, "max": 5000,
+                                  "tooltip": "Optimisation steps."}),
+                "parameterization": (list(PARAMETERIZATIONS), {"default": d.parameterization,
+                                     "tooltip": "ray: depth slides each object along its viewing ray (keeps the "
+                                                "reference view; physics decides depth). camera: the paper's."}),
+                "silhouette_weight": ("FLOAT", {"default": w.silhouette, "min": 0.0, "max": 1e6, "step": 10.0,
+                                                "tooltip": "Pull of each object towards its mask from any "
+                                                           "distance (0 = off)."}),
+                "penetration_weight": ("FLOAT", {"default": w.penetration, "min": 0.0, "max": 1e8, "step": 1000.0,
+                                                 "tooltip": "Penalty on objects reaching into each other (0 = off)."}),
+                "support_weight": ("FLOAT", {"default": w.support, "min": 0.0, "max": 1e8, "step": 1000.0,
+                                             "tooltip": "Pull of each object onto the ground or the object under "
+                                                        "it (0 = off; off for floating things)."}),
+                "resolution": ("INT", {"default": d.resolution, "min": 32, "max": 1024, "step": 16,
+                                       "tooltip": "Longer side of the reference render, in pixels."}),
+                "backend": (list(BACKENDS), {"default": "auto",
+                                             "tooltip": "Renderer: auto uses nvdiffrast on a GPU where installed."}),
+            },
+            "optional": {
+                "masks": ("MASK", {"tooltip": "Per-object masks [N,H,W] to use instead of the layout's "
+                                              "(1 = object). Note: LoadImage's mask is 1 - alpha."}),
+            },
+        }
+
+    def refine(self, scene, reference_image, layout, steps, parameterization, silhouette_weight,
+               penetration_weight, support_weight, resolution, backend, masks=None):
+        image = _reference_image(reference_image)
+        masks = masks if masks is not None else layout.masks
+        if masks is None:
+            raise ValueError("layout: has no masks; run Segment, or connect per-object masks to 'masks'")
+        if masks.ndim != 3 or masks.shape[0] != len(scene.objects) or tuple(masks.shape[1:]) != image.shape[:2]:
+            raise ValueError(f"masks: expected [{len(scene.objects)}, {image.shape[0]}, {image.shape[1]}] (one per "
+                             f"object, image size), got {tuple(masks.shape)}")
+        settings = RefineSettings(steps=steps, resolution=resolution, parameterization=parameterization,
+                                  backend=backend, weights=replace(LossWeights(), silhouette=silhouette_weight,
+                                                                   penetration=penetration_weight,
+                                                                   support=support_weight))
+        result = refine_poses(scene, RefineTargets.from_masks(image, masks.float()), settings,
+                              callback=Progress(max(1, steps)))
+        return (result.scene, _preview(result.scene))

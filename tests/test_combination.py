@@ -1,0 +1,163 @@
+"""Stage 2: initialisation from boxes and depth, reference fitting, physics, and the two nodes."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from comboverse_ops import Pose, Scene, SceneObject
+from comboverse_ops.init_pose import InitSettings, depth_from_image, init_poses
+from comboverse_ops.layout import Layout, parse_boxes
+from comboverse_ops.metrics import pose_errors, scene_extent
+from comboverse_ops.physics import interpenetration_volume, penetration_loss, support_loss
+from comboverse_ops.primitives import make_primitive
+from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
+from comboverse_ops.refine import LossWeights, RefineSettings, RefineTargets, refine_poses
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def observed():
+    proc = make_procedural_scene(2, ProceduralSettings(min_objects=2, max_objects=3, image_size=SIZE,
+                                                       faces_per_object=300))
+    obs = proc.observe()
+    layout = Layout(obs.boxes, (SIZE, SIZE), proc.phrases, obs.masks)
+    disparity = torch.where(obs.alpha > 0.5, 1 / obs.depth.clamp_min(1e-3), torch.zeros_like(obs.depth))
+    return proc, obs, layout, disparity
+
+
+def test_init_from_true_depth_places_objects_near_the_truth(observed):
+    proc, obs, layout, disparity = observed
+    poses = init_poses([o.mesh for o in proc.scene.objects], layout, proc.camera, disparity)
+    est = proc.scene.with_poses(poses)
+    errs = pose_errors(est, proc.scene)
+    assert max(errs["translation_aligned"]) < 0.08, errs
+    assert all(torch.equal(p.rotation, torch.zeros(3)) for p in poses)  # fronts face the camera
+    # Without depth every object starts at the same view depth.
+    flat = init_poses([o.mesh for o in proc.scene.objects], layout, proc.camera, None)
+    view = torch.linalg.inv(proc.camera.c2w[0])
+    depths = [float(-(view[:3, :3] @ p.translation + view[:3, 3])[2]) for p in flat]
+    assert max(depths) - min(depths) < 1e-4
+
+
+def test_depth_kind_decides_which_object_is_nearer(observed):
+    proc, obs, layout, disparity = observed
+    meshes = [o.mesh for o in proc.scene.objects]
+    a = init_poses(meshes, layout, proc.camera, disparity, InitSettings(depth_kind="disparity"))
+    depth = torch.where(obs.alpha > 0.5, obs.depth, torch.zeros_like(obs.depth))
+    b = init_poses(meshes, layout, proc.camera, depth, InitSettings(depth_kind="depth"))
+    for pa, pb in zip(a, b):
+        assert torch.allclose(pa.translation, pb.translation, atol=0.05)
+
+
+def test_bad_inputs_are_named(observed):
+    proc, obs, layout, disparity = observed
+    meshes = [o.mesh for o in proc.scene.objects]
+    with pytest.raises(ValueError, match="meshes but"):
+        init_poses(meshes[:1], layout, proc.camera)
+    with pytest.raises(ValueError, match="outside"):
+        parse_boxes([[200, 200, 300, 300]], (SIZE, SIZE))
+    with pytest.raises(ValueError, match="zero or negative area"):
+        parse_boxes('[{"x": 10, "y": 10, "width": 0, "height": 5}]', (SIZE, SIZE))
+    empty = replace(layout, masks=torch.zeros_like(layout.masks))
+    with pytest.raises(ValueError, match="empty mask"):
+        init_poses(meshes, empty, proc.camera, disparity)
+    with pytest.raises(ValueError, match="depth_kind"):
+        InitSettings(depth_kind="inverse")
+    # A depth map of another size is resized to the image (documented), not rejected.
+    small = depth_from_image(disparity[None, ::2, ::2, None].expand(-1, -1, -1, 3), (SIZE, SIZE))
+    assert small.shape == (SIZE, SIZE)
+
+
+def test_reference_fit_improves_the_reference_view_and_is_deterministic(observed):
+    proc, obs, layout, _ = observed
+    start = proc.scene.with_poses(init_poses([o.mesh for o in proc.scene.objects], layout, proc.camera))
+    targets = RefineTargets.from_masks(obs.image, obs.masks)
+    settings = RefineSettings(steps=30, resolution=64)
+    a = refine_poses(start, targets, settings)
+    b = refine_poses(start, targets, settings)
+    assert a.history[-1]["ref_alpha"] < a.history[0]["ref_alpha"]
+    assert a.history[-1]["ref_rgb"] < a.history[0]["ref_rgb"]
+    for pa, pb in zip(a.scene.poses, b.scene.poses):
+        assert torch.equal(pa.translation, pb.translation) and torch.equal(pa.rotation, pb.rotation)
+
+
+def test_cancel_stops_within_one_step_and_leaves_the_input_untouched(observed):
+    proc, obs, layout, _ = observed
+    start = proc.scene.with_poses(init_poses([o.mesh for o in proc.scene.objects], layout, proc.camera))
+    before = [p.translation.clone() for p in start.poses]
+    seen = []
+
+    class Cancelled(BaseException):  # ComfyUI's InterruptProcessingException is a BaseException
+        pass
+
+    def callback(step, total, preview):
+        seen.append(step)
+        if step == 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        refine_poses(start, RefineTargets.from_masks(obs.image, obs.masks), RefineSettings(steps=50, resolution=48),
+                     callback=callback)
+    assert seen == [1, 2, 3]
+    assert all(torch.equal(a, p.translation) for a, p in zip(before, start.poses))
+
+
+def test_penetration_term_separates_overlapping_objects():
+    box = make_primitive("box", (0.8, 0.3, 0.3), target_faces=200)
+    a = SceneObject("a", box, Pose.create(1.0, translation=[0.0, 0.5, 0.0]))
+    b = SceneObject("b", box, Pose.create(1.0, translation=[0.7, 0.5, 0.0]))
+    scene = Scene([a, b])
+    assert interpenetration_volume(scene) == pytest.approx(0.3, rel=0.15)  # a 0.3 x 1 x 1 slab
+    pose = b.pose.detach().requires_grad_()
+    opt = torch.optim.Adam([pose.translation], lr=0.01)
+    for _ in range(60):
+        loss = penetration_loss(Scene([a, replace(b, pose=pose)]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(pose.translation[0]) > 0.9
+    assert interpenetration_volume(Scene([a, replace(b, pose=pose.detach())])) < 0.05
+
+
+def test_support_term_lands_a_floating_object_on_the_one_under_it():
+    box = make_primitive("box", (0.8, 0.3, 0.3), target_faces=200)
+    ground = [SceneObject(f"g{i}", box, Pose.create(1.0, translation=[2.0 * i, 0.5, 0.0])) for i in range(2)]
+    top = SceneObject("top", box, Pose.create(0.5, translation=[0.0, 1.6, 0.0]).requires_grad_())
+    loss = support_loss(Scene(ground + [top]))
+    loss.backward()
+    assert float(loss) == pytest.approx((1.35 - 1.0) ** 2 / 3, rel=1e-3)  # bottom at 1.35, g0's top at 1.0
+    assert top.pose.translation.grad[1] > 0  # descending moves it down onto g0
+
+
+def test_nodes_compose_a_scene_from_tensors(pack, observed):
+    proc, obs, layout, disparity = observed
+    nodes = pack.NODE_CLASS_MAPPINGS
+    image = obs.image[None]
+    depth_image = (disparity / disparity.max())[None, ..., None].expand(-1, -1, -1, 3)
+    meshes = [o.mesh for o in proc.scene.objects]
+    scene, preview = nodes["ComboVerseInitPose"]().init(meshes, layout, image, fov_deg=40.0, elevation_deg=-25.0,
+                                                        depth_kind="disparity", depth_map=depth_image)
+    assert preview.shape == (1, SIZE, SIZE, 3) and len(scene.objects) == len(meshes)
+    assert len(set(scene.names)) == len(meshes)
+    refined, preview2 = nodes["ComboVerseSSDSRefine"]().refine(
+        scene, image, layout, steps=5, parameterization="ray", silhouette_weight=1000.0, penetration_weight=1e5,
+        support_weight=1e4, resolution=48, backend="torch")
+    assert preview2.shape == (1, SIZE, SIZE, 3)
+    assert any(not torch.equal(a.translation, b.translation) for a, b in zip(scene.poses, refined.poses))
+    with pytest.raises(ValueError, match="masks"):
+        nodes["ComboVerseSSDSRefine"]().refine(scene, image, layout, 1, "ray", 0.0, 0.0, 0.0, 48, "torch",
+                                               masks=layout.masks[:1])
+    with pytest.raises(ValueError, match="reference_image"):
+        nodes["ComboVerseInitPose"]().init(meshes, layout, image[:, :50], 40.0, -25.0, "disparity")
+
+
+def test_refinement_runs_under_comfyui_inference_mode(observed):
+    proc, obs, layout, _ = observed
+    with torch.inference_mode():
+        start = proc.scene.with_poses(init_poses([o.mesh for o in proc.scene.objects], layout, proc.camera))
+        result = refine_poses(start, RefineTargets.from_masks(obs.image, obs.masks),
+                              RefineSettings(steps=3, resolution=32))
+    assert len(result.history) == 3 and all(torch.isfinite(torch.tensor(list(h.values()))).all()
+                                            for h in result.history)
