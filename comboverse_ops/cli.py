@@ -3,8 +3,11 @@
     comboverse demo [--out DIR] [--seed N]
 
 ``demo`` runs the pack's main job on an embedded default: a procedural scene of three coloured
-objects with spatial relations, its reference image, and the composed asset as ``scene.glb``
-with preview renders. It needs no model files and runs on the CPU.
+objects with spatial relations is rendered as the reference picture; its masks, boxes and a
+noisy disparity map stand in for Segment and a depth node, and its meshes for Lift3D; then the
+objects are initialised (InitPose) and refined (SSDSRefine, reference view and physics) and the
+composed asset is written as ``scene.glb`` with before/after renders and the pose errors
+against the known truth. It needs no model files and runs on the CPU.
 """
 
 from __future__ import annotations
@@ -31,48 +34,101 @@ def _image_row(images: list[torch.Tensor], gap: int = 4) -> torch.Tensor:
 
 
 def run_demo(out_dir: str | Path, seed: int = 0, size: int = 256, objects: int = 3, device: str = "cpu",
-             log=print) -> dict:
-    """Make the demo scene and write ``scene.glb``, ``reference.png``, ``preview.png`` and ``report.json``.
-
-    Returns the report (also written as JSON): files, objects, relations, prompt, timings.
-    """
+             steps: int | None = None, log=print) -> dict:
+    """Compose the demo scene and write ``scene.glb``, ``reference.png``, ``before_after.png`` and
+    ``report.json`` (poses, losses, pose errors, timings) into ``out_dir``; return the report."""
     from .atomic import save_png_atomic, write_bytes_atomic
     from .export import write_glb
+    from .init_pose import init_poses
+    from .layout import Layout
+    from .metrics import scene_metrics
     from .procedural import ProceduralSettings, make_procedural_scene, novel_cameras
+    from .refine import RefineSettings, RefineTargets, refine_poses
     from .render import render_scene
 
     out = Path(out_dir)
+    timings = {}
     t0 = time.perf_counter()
     settings = ProceduralSettings(min_objects=objects, max_objects=objects, image_size=size)
-    proc = make_procedural_scene(seed, settings, device=torch.device(device))
-    ref = proc.observe()
-    views = novel_cameras(proc, 2)
-    novel = render_scene(proc.scene, views).rgb
+    truth = make_procedural_scene(seed, settings, device=torch.device(device))
+    ref = truth.observe()
+    # Stand-ins for Segment (true masks and boxes) and a depth node (5% noisy disparity).
+    g = torch.Generator().manual_seed(seed)
+    noisy = ref.depth.cpu() * (1 + 0.05 * torch.randn(ref.depth.shape, generator=g))
+    disparity = torch.where(ref.alpha.cpu() > 0.5, 1 / noisy.clamp_min(1e-3), torch.zeros_like(noisy))
+    layout = Layout(ref.boxes, (size, size), truth.phrases, ref.masks)
+    timings["reference"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    meshes = [o.mesh for o in truth.scene.objects]
+    start = truth.scene.with_poses(init_poses(meshes, layout, truth.camera, disparity.to(device)))
+    timings["init"] = time.perf_counter() - t
+    t = time.perf_counter()
+    rs = RefineSettings() if steps is None else RefineSettings(steps=steps)
+    bar = _ProgressBar("refine", rs.steps, log)
+    result = refine_poses(start, RefineTargets.from_masks(ref.image, ref.masks), rs, callback=bar)
+    bar.close()
+    timings["refine"] = time.perf_counter() - t
+
+    views = novel_cameras(truth, 2)
+    rows = []
+    for sc in (truth.scene, start, result.scene):
+        rows.append(_image_row([render_scene(sc, sc.camera).rgb[0]] + list(render_scene(sc, views).rgb)))
     files = {
         "reference": save_png_atomic(out / "reference.png", ref.image),
-        "preview": save_png_atomic(out / "preview.png", _image_row([ref.image, novel[0], novel[1]])),
-        "glb": write_glb(proc.scene, out / "scene.glb"),
+        "before_after": save_png_atomic(out / "before_after.png", torch.cat(
+            [rows[0], torch.ones(4, rows[0].shape[1], 3), rows[1], torch.ones(4, rows[0].shape[1], 3), rows[2]])),
+        "glb": write_glb(result.scene, out / "scene.glb"),
     }
+    m_init = scene_metrics(start, truth.scene, novel_cameras(truth, 4))
+    m_final = scene_metrics(result.scene, truth.scene, novel_cameras(truth, 4))
+    timings["total"] = time.perf_counter() - t0
     report = {
         "seed": seed,
-        "prompt": proc.prompt,
-        "objects": [{"name": o.name, "phrase": p, "scale": float(o.pose.scale),
-                     "rotation": o.pose.rotation.tolist(), "translation": o.pose.translation.tolist(),
-                     "box_xyxy": b.tolist()}
-                    for o, p, b in zip(proc.scene.objects, proc.phrases, ref.boxes)],
-        "relations": [list(r) for r in proc.relations],
+        "prompt": truth.prompt,
+        "objects": [{"name": o.name, "phrase": p, "scale": float(o.pose.scale), "rotation": o.pose.rotation.tolist(),
+                     "translation": o.pose.translation.tolist()}
+                    for o, p in zip(result.scene.objects, truth.phrases)],
+        "relations": [list(r) for r in truth.relations],
+        "metrics": {"init": m_init, "refined": m_final},
+        "losses": {"first": result.history[0] if result.history else {},
+                   "last": result.history[-1] if result.history else {}},
         "files": {k: str(v) for k, v in files.items()},
-        "seconds": round(time.perf_counter() - t0, 3),
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
     files["report"] = write_bytes_atomic(out / "report.json", json.dumps(report, indent=2).encode())
-    log(f"prompt: {proc.prompt}")
-    for o in report["objects"]:
-        log(f"  {o['name']:<16} scale {o['scale']:.3f}  translation "
-            + " ".join(f"{x:+.3f}" for x in o["translation"]))
+    log(f"prompt: {truth.prompt}")
+    log(f"{'':<22}{'init':>8}{'refined':>9}")
+    for key, label in (("translation_aligned", "translation err"), ("rotation_deg", "rotation err (deg)"),
+                       ("ref_mask_iou", "reference IoU"), ("novel_mask_iou_aligned", "novel-view IoU")):
+        log(f"{label:<22}{m_init[key]:>8.3f}{m_final[key]:>9.3f}")
     for k, v in files.items():
-        log(f"wrote {k:<9} {v}")
-    log(f"done in {report['seconds']:.1f} s")
+        log(f"wrote {k:<12} {v}")
+    log(f"done in {timings['total']:.1f} s")
     return report
+
+
+class _ProgressBar:
+    """A terminal progress bar as a ``callback(step, total, preview)``."""
+
+    def __init__(self, label: str, total: int, log=print):
+        self.label, self.total, self.log = label, total, log
+        self.tty = sys.stderr.isatty()
+        self.last = -1
+
+    def __call__(self, step: int, total: int, preview=None) -> None:
+        pct = int(100 * step / max(1, total))
+        if self.tty:
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\r{self.label} [{bar:<25}] {step}/{total}")
+            sys.stderr.flush()
+        elif pct // 25 != self.last // 25:
+            self.log(f"{self.label}: {step}/{total}")
+        self.last = pct
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", type=int, default=256, help="reference image size in pixels")
     demo.add_argument("--objects", type=int, default=3, help="number of objects (2-5)")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    demo.add_argument("--steps", type=int, default=None, help="refinement steps (default: SSDSRefine's)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         if not 2 <= args.objects <= 5:
             parser.error(f"--objects: expected 2 to 5, got {args.objects}")
-        run_demo(args.out, seed=args.seed, size=args.size, objects=args.objects, device=args.device)
+        run_demo(args.out, seed=args.seed, size=args.size, objects=args.objects, device=args.device,
+                 steps=args.steps)
     return 0
 
 
