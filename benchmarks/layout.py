@@ -45,6 +45,9 @@ VARIANTS = {  # name -> RefineSettings (None: initialisation only)
     "paper+support": RefineSettings(parameterization="camera", weights=replace(PAPER, support=1e4), lr_rotation=0.001),
     "ray": RefineSettings(parameterization="ray", weights=PAPER),
     "ray+support": RefineSettings(parameterization="ray", weights=replace(PAPER, support=1e4)),
+    "camera+all": RefineSettings(parameterization="camera"),
+    "camera+support+penetration": RefineSettings(parameterization="camera",
+                                                 weights=replace(LossWeights(), silhouette=0)),
     "full": RefineSettings(),
     "full-penetration": RefineSettings(weights=replace(LossWeights(), penetration=0)),
     "full, rotation lr 0.001 (paper)": RefineSettings(lr_rotation=0.001),
@@ -114,6 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, default=30)
     ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--variants", nargs="*", default=None, help="run only these variants (and init)")
     ap.add_argument("--merge", type=Path, nargs="*", default=None,
                     help="only summarise rows saved earlier (.jsonl files from --out)")
     ap.add_argument("--steps", type=int, default=RefineSettings().steps)
@@ -129,8 +133,9 @@ def main() -> None:
                 f"{args.size} px, torch renderer on CPU (merged runs)")
     else:
         seeds = range(args.first_seed, args.first_seed + args.scenes)
+        wanted = set(args.variants or VARIANTS) | {"init"}
         tasks = [(seed, level, v, args.steps, args.size) for seed in seeds for level in DEPTHS
-                 for v in VARIANTS if level == DEPTHS[0] or v in MAIN_VARIANTS]
+                 for v in VARIANTS if v in wanted and (level == DEPTHS[0] or v in MAIN_VARIANTS or args.variants)]
         stream = None
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
