@@ -37,23 +37,24 @@ from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene,
 from comboverse_ops.refine import LossWeights, RefineSettings, RefineTargets, refine_poses  # noqa: E402
 
 PAPER = LossWeights(silhouette=0, penetration=0, support=0)
+DEFAULT = "default: camera+support+penetration"
 VARIANTS = {  # name -> RefineSettings (None: initialisation only)
     "init": None,
-    "paper": RefineSettings(parameterization="camera", weights=PAPER, lr_rotation=0.001),
-    "paper+silhouette": RefineSettings(parameterization="camera", weights=replace(PAPER, silhouette=1000.0),
-                                       lr_rotation=0.001),
-    "paper+support": RefineSettings(parameterization="camera", weights=replace(PAPER, support=1e4), lr_rotation=0.001),
+    "paper": RefineSettings(weights=PAPER, lr_rotation=0.001),
+    "paper+silhouette": RefineSettings(weights=replace(PAPER, silhouette=1000.0), lr_rotation=0.001),
+    "paper+support": RefineSettings(weights=replace(PAPER, support=1e4), lr_rotation=0.001),
+    DEFAULT: RefineSettings(),
+    "camera+all": RefineSettings(weights=replace(LossWeights(), silhouette=1000.0)),
     "ray": RefineSettings(parameterization="ray", weights=PAPER),
     "ray+support": RefineSettings(parameterization="ray", weights=replace(PAPER, support=1e4)),
-    "camera+all": RefineSettings(parameterization="camera"),
-    "camera+support+penetration": RefineSettings(parameterization="camera",
-                                                 weights=replace(LossWeights(), silhouette=0)),
-    "full": RefineSettings(),
-    "full-penetration": RefineSettings(weights=replace(LossWeights(), penetration=0)),
-    "full, rotation lr 0.001 (paper)": RefineSettings(lr_rotation=0.001),
+    "ray+all": RefineSettings(parameterization="ray", weights=replace(LossWeights(), silhouette=1000.0)),
+    "ray+all-penetration": RefineSettings(parameterization="ray",
+                                          weights=replace(LossWeights(), silhouette=1000.0, penetration=0)),
+    "ray+all, rotation lr 0.001 (paper)": RefineSettings(parameterization="ray", lr_rotation=0.001,
+                                                         weights=replace(LossWeights(), silhouette=1000.0)),
 }
 DEPTHS = ("noise 5%", "noise 15%", "noise 5% + scale/shift")
-MAIN_VARIANTS = ("init", "paper", "full")  # run at every depth level; the rest at "noise 5%"
+MAIN_VARIANTS = ("init", "paper", DEFAULT, "camera+all", "ray+all")  # at every depth level; the rest at 5%
 
 
 def simulated_disparity(depth: torch.Tensor, alpha: torch.Tensor, level: str, seed: int) -> torch.Tensor:
