@@ -2,9 +2,25 @@
 
 from .combine import InitPose, SSDSRefine
 from .export_mesh import ExportMesh
+from .guidance import LoadGuidanceModel
+from .inpaint import Inpaint, InpaintFinish, InpaintPrepare
+from .lift3d import Lift3D, LoadLift3DModel, MeshesFromFile, MeshesFromMESH
+from .loaders import LoadInpaintModel, LoadSAM
 from .procedural import ProceduralScene
+from .segment import Segment
 
 NODE_CLASS_MAPPINGS = {
+    "ComboVerseLoadSAM": LoadSAM,
+    "ComboVerseSegment": Segment,
+    "ComboVerseLoadInpaintModel": LoadInpaintModel,
+    "ComboVerseInpaint": Inpaint,
+    "ComboVerseInpaintPrepare": InpaintPrepare,
+    "ComboVerseInpaintFinish": InpaintFinish,
+    "ComboVerseLoadLift3DModel": LoadLift3DModel,
+    "ComboVerseLift3D": Lift3D,
+    "ComboVerseMeshesFromMESH": MeshesFromMESH,
+    "ComboVerseMeshesFromFile": MeshesFromFile,
+    "ComboVerseLoadGuidanceModel": LoadGuidanceModel,
     "ComboVerseInitPose": InitPose,
     "ComboVerseSSDSRefine": SSDSRefine,
     "ComboVerseExportMesh": ExportMesh,
@@ -12,6 +28,17 @@ NODE_CLASS_MAPPINGS = {
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "ComboVerseLoadSAM": "ComboVerse Load SAM",
+    "ComboVerseSegment": "ComboVerse Segment",
+    "ComboVerseLoadInpaintModel": "ComboVerse Load Inpaint Model",
+    "ComboVerseInpaint": "ComboVerse Inpaint",
+    "ComboVerseInpaintPrepare": "ComboVerse Inpaint Prepare",
+    "ComboVerseInpaintFinish": "ComboVerse Inpaint Finish",
+    "ComboVerseLoadLift3DModel": "ComboVerse Load Lift3D Model",
+    "ComboVerseLift3D": "ComboVerse Lift3D",
+    "ComboVerseMeshesFromMESH": "ComboVerse Meshes From MESH",
+    "ComboVerseMeshesFromFile": "ComboVerse Meshes From File",
+    "ComboVerseLoadGuidanceModel": "ComboVerse Load Guidance Model",
     "ComboVerseInitPose": "ComboVerse InitPose",
     "ComboVerseSSDSRefine": "ComboVerse SSDSRefine",
     "ComboVerseExportMesh": "ComboVerse ExportMesh",

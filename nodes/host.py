@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from pathlib import Path
 
 import torch
@@ -116,3 +117,233 @@ class Progress:
             from PIL import Image
             pil = ("JPEG", Image.fromarray((preview.detach().clamp(0, 1) * 255).byte().cpu().numpy()), 512)
         self._bar.update_absolute(step, total, pil)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model folders, devices and ComfyUI's memory manager (Segment / Inpaint loaders)
+
+SAM_FOLDER = "sams"  # models/sams: where ComfyUI users already keep SAM .pth files (Impact Pack uses it too)
+_PT_EXTENSIONS = {".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".sft"}
+
+
+def _folder_paths():
+    try:
+        import folder_paths
+    except ImportError:
+        return None
+    return folder_paths
+
+
+def models_directory() -> Path:
+    """ComfyUI's models folder, or ``$COMBOVERSE_MODELS_DIR`` (default ``./models``) outside ComfyUI."""
+    fp = _folder_paths()
+    if fp is not None:
+        return Path(fp.models_dir)
+    return Path(os.environ.get("COMBOVERSE_MODELS_DIR", "models")).resolve()
+
+
+def register_model_folders() -> None:
+    """Make ComfyUI know ``models/sams`` (idempotent; a folder another pack registered is kept)."""
+    fp = _folder_paths()
+    if fp is None:
+        return
+    path = os.path.join(fp.models_dir, SAM_FOLDER)
+    if SAM_FOLDER not in fp.folder_names_and_paths:
+        fp.folder_names_and_paths[SAM_FOLDER] = ([path], set(_PT_EXTENSIONS))
+    elif path not in fp.folder_names_and_paths[SAM_FOLDER][0]:
+        fp.add_model_folder_path(SAM_FOLDER, path)
+
+
+def model_folder_paths(folder: str) -> list[Path]:
+    """The folders searched for model kind ``folder`` ("sams", "checkpoints", "diffusers")."""
+    fp = _folder_paths()
+    if fp is not None:
+        register_model_folders()
+        try:
+            return [Path(p) for p in fp.get_folder_paths(folder)]
+        except KeyError:
+            return [Path(fp.models_dir) / folder]
+    return [models_directory() / folder]
+
+
+def model_files(folder: str) -> list[str]:
+    """Weight files of a model folder, relative names as ComfyUI lists them, sorted."""
+    fp = _folder_paths()
+    if fp is not None:
+        register_model_folders()
+        try:
+            return [f for f in fp.get_filename_list(folder) if Path(f).suffix.lower() in _PT_EXTENSIONS]
+        except KeyError:
+            return []
+    names = set()
+    for root in model_folder_paths(folder):
+        if root.is_dir():
+            names |= {p.relative_to(root).as_posix() for p in root.rglob("*")
+                      if p.is_file() and p.suffix.lower() in _PT_EXTENSIONS}
+    return sorted(names)
+
+
+def resolve_model_file(folder: str, name: str, node: str) -> Path:
+    """The file ``name`` of model folder ``folder``; an existing absolute path is taken as it is.
+
+    Raises:
+        FileNotFoundError: naming the folders searched and the node that loads the file.
+    """
+    if not name:
+        raise FileNotFoundError(f"{node}: no model file chosen; put one into "
+                                f"{[str(p) for p in model_folder_paths(folder)]}")
+    p = Path(name)
+    if p.is_absolute():
+        if p.exists():
+            return p
+        raise FileNotFoundError(f"{node}: {name} does not exist")
+    for root in model_folder_paths(folder):
+        if (root / name).exists():
+            return root / name
+    raise FileNotFoundError(f"{node}: {name!r} is not in the models/{folder} folder (searched "
+                            f"{[str(r) for r in model_folder_paths(folder)]}); put the file there and refresh")
+
+
+SD_DIFFUSERS_PREFIX = "diffusers/"
+
+
+def sd_model_choices() -> list[str]:
+    """Checkpoint files (models/checkpoints) and diffusers folders (models/diffusers, as ``diffusers/<name>``)."""
+    names = list(model_files("checkpoints"))
+    for root in model_folder_paths("diffusers"):
+        if root.is_dir():
+            names += sorted(SD_DIFFUSERS_PREFIX + p.parent.relative_to(root).as_posix()
+                            for p in root.rglob("model_index.json"))
+    return names
+
+
+def resolve_sd_model(name: str, node: str) -> Path:
+    """A checkpoint file or diffusers folder chosen in :func:`sd_model_choices` (or an absolute path)."""
+    if name.startswith(SD_DIFFUSERS_PREFIX) and not Path(name).is_absolute():
+        return resolve_model_file("diffusers", name[len(SD_DIFFUSERS_PREFIX):], node)
+    return resolve_model_file("checkpoints", name, node)
+
+
+def clip_tokenizer_dirs() -> list[Path]:
+    """Folders holding a CLIP BPE tokenizer that come with the host.
+
+    Inside ComfyUI: ``comfy/sd1_tokenizer`` (vocab.json + merges.txt), found from the ``comfy``
+    package's location without importing anything; then ``models/clip_tokenizer`` for users
+    who put one there by hand.
+    """
+    import importlib.util
+
+    dirs = []
+    try:
+        spec = importlib.util.find_spec("comfy")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        dirs += [Path(p) / "sd1_tokenizer" for p in spec.submodule_search_locations]
+    dirs.append(models_directory() / "clip_tokenizer")
+    return dirs
+
+
+def model_devices() -> tuple[torch.device, torch.device]:
+    """``(load_device, offload_device)``: ComfyUI's, else CUDA (or CPU) for both."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return dev, dev
+    return torch.device(mm.get_torch_device()), torch.device(mm.unet_offload_device())
+
+
+def intermediate_device() -> torch.device:
+    """Where node outputs live (ComfyUI's intermediate device; the CPU outside ComfyUI)."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return torch.device("cpu")
+    return torch.device(mm.intermediate_device())
+
+
+_PATCHERS: "weakref.WeakKeyDictionary[torch.nn.Module, object]" = weakref.WeakKeyDictionary()
+
+
+def use_models(modules: list[torch.nn.Module], memory_required: int = 0) -> torch.device:
+    """Put ``modules`` on the compute device before running them; return that device.
+
+    Inside ComfyUI each module is handed (once) to ComfyUI's memory manager as a ModelPatcher,
+    and ``load_models_gpu`` loads it fully, offloading other models if needed; ComfyUI may move
+    it back to the offload device later. Outside ComfyUI the modules stay where the loader put
+    them.
+    """
+    try:
+        import comfy.model_management as mm
+        import comfy.model_patcher
+    except ImportError:
+        first = next(iter(modules[0].parameters()), None) if modules else None
+        return first.device if first is not None else torch.device("cpu")
+    patchers = []
+    for m in modules:
+        p = _PATCHERS.get(m)
+        if p is None:
+            cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+            p = cls(m, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+            _PATCHERS[m] = p
+        patchers.append(p)
+    mm.load_models_gpu(patchers, memory_required=memory_required, force_full_load=True)
+    return torch.device(mm.get_torch_device())
+
+
+# ----------------------------------------------------------------------------------------------
+# Lift3D: the TripoSR model folder, input files, cancel checks
+
+TRIPOSR_FOLDER = "triposr"  # models/triposr: TripoSR's model.ckpt (+ optionally its config.yaml)
+
+
+def register_lift3d_folder() -> None:
+    """Make ComfyUI know ``models/triposr`` (idempotent; a folder registered elsewhere is kept)."""
+    fp = _folder_paths()
+    if fp is None:
+        return
+    path = os.path.join(fp.models_dir, TRIPOSR_FOLDER)
+    if TRIPOSR_FOLDER not in fp.folder_names_and_paths:
+        fp.folder_names_and_paths[TRIPOSR_FOLDER] = ([path], set(_PT_EXTENSIONS))
+    elif path not in fp.folder_names_and_paths[TRIPOSR_FOLDER][0]:
+        fp.add_model_folder_path(TRIPOSR_FOLDER, path)
+
+
+def input_directory() -> Path:
+    """ComfyUI's input folder, or ``$COMBOVERSE_INPUT_DIR`` (default ``./input``) outside ComfyUI."""
+    fp = _folder_paths()
+    if fp is not None:
+        return Path(fp.get_input_directory())
+    return Path(os.environ.get("COMBOVERSE_INPUT_DIR", "input")).resolve()
+
+
+def resolve_input_file(name: str, node: str) -> Path:
+    """A file named relative to the input folder (or its ``3d/`` subfolder, where Load3D keeps
+    uploads), or an absolute path.
+
+    Raises:
+        FileNotFoundError: naming the places searched and the node whose input to fix.
+    """
+    p = Path(name.strip().strip('"'))
+    candidates = [p] if p.is_absolute() else [input_directory() / p, input_directory() / "3d" / p]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"{node}: mesh file {name!r} not found (looked at {[str(c) for c in candidates]}); "
+                            "give a path relative to ComfyUI's input folder or an absolute path")
+
+
+def check_cancel() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel (no-op outside ComfyUI)."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return
+    mm.throw_exception_if_processing_interrupted()
+
+
+# ----------------------------------------------------------------------------------------------
+# SSDS guidance
+
+GUIDANCE_MODEL = "COMBOVERSE_GUIDANCE_MODEL"  # comboverse_ops.models.sd.SDModel, text-to-image (4-channel UNet)

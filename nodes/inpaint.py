@@ -1,0 +1,160 @@
+"""ComboVerse Inpaint (+ Prepare / Finish for other inpainting workflows), METHOD.md step 2."""
+
+from __future__ import annotations
+
+from . import host
+from .host import INPAINT_MODEL, LAYOUT, SAM_MODEL
+from .segment import _RECENTER_INPUTS, recenter_settings, single_image
+
+_RESEGMENT = ("auto", "sam", "background_distance")
+
+_SEED = ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
+                 "tooltip": "Seed of the noise and of the sampler; object i uses seed + i. Same seed, same result."})
+_RESOLUTION = ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                       "tooltip": "Side of each object's inpainting window (SD 1.5/2 inpainting: 512)."})
+_RESEGMENT_INPUT = (list(_RESEGMENT), {"default": "auto",
+                                       "tooltip": "How the completed object is cut out again: 'sam' (SAM with its "
+                                                  "box on the completed image), 'background_distance' (repainted "
+                                                  "pixels unlike the painted background), 'auto' (SAM when "
+                                                  "connected)."})
+_SAM_INPUT = (SAM_MODEL, {"tooltip": "Optional, from ComboVerse Load SAM: re-segments completed objects."})
+
+
+def _settings(**kw):
+    from ..comboverse_ops.inpaint import InpaintSettings
+
+    return InpaintSettings(**kw)
+
+
+class Inpaint:
+    DESCRIPTION = ("Completes the hidden parts of occluded objects (METHOD.md step 2): per object, random noise "
+                   "outside its mask, an inpaint mask of 'inside its box and not the object', SD inpainting with "
+                   "'a complete 3D model of <phrase>', then the completed object is cut out and re-centred. "
+                   "Objects nothing occludes pass through untouched.")
+    CATEGORY = "ComboVerse/stage1"
+    FUNCTION = "inpaint"
+    RETURN_TYPES = ("IMAGE", "MASK", "IMAGE", "MASK", "IMAGE")
+    RETURN_NAMES = ("crops", "crop_masks", "inpaint_inputs", "inpaint_masks", "completed")
+    OUTPUT_TOOLTIPS = ("Completed objects re-centred for image-to-3D, [N,S,S,3] (Lift3D's input).",
+                       "Their coverage in the crops, [N,S,S].",
+                       "What the inpainter saw: each object's window with noise outside the object, [N,R,R,3].",
+                       "The inpaint masks (box and not object; empty for objects that pass through), [N,R,R].",
+                       "The windows after inpainting, [N,R,R,3].")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "inpaint_model": (INPAINT_MODEL, {"tooltip": "From ComboVerse Load Inpaint Model."}),
+                "image": ("IMAGE", {"tooltip": "The picture that was segmented (one image)."}),
+                "layout": (LAYOUT, {"tooltip": "Segment's layout: boxes, phrases and visible masks."}),
+                "seed": _SEED,
+                "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Sampling steps (paper: 30)."}),
+                "guidance": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1,
+                                       "tooltip": "Classifier-free guidance scale (paper: 7.5)."}),
+                "prompt": ("STRING", {"default": "a complete 3D model",
+                                      "tooltip": "Prompt for every object (paper: 'a complete 3D model')."}),
+                "use_phrases": ("BOOLEAN", {"default": True,
+                                            "tooltip": "Append 'of <phrase>' with the object's phrase from Segment."}),
+                "resolution": _RESOLUTION,
+                "resegment": _RESEGMENT_INPUT,
+                **_RECENTER_INPUTS,
+            },
+            "optional": {
+                "sam": _SAM_INPUT,
+                "negative_prompt": ("STRING", {"default": "", "tooltip": "Optional negative prompt (paper: none)."}),
+            },
+        }
+
+    def inpaint(self, inpaint_model, image, layout, seed, steps, guidance, prompt, use_phrases, resolution,
+                resegment, crop_size, foreground_ratio, background, sam=None, negative_prompt=""):
+        from ..comboverse_ops.inpaint import inpaint_objects
+
+        img = single_image(image, "ComboVerse Inpaint")
+        settings = _settings(prompt=prompt, use_phrases=bool(use_phrases), negative_prompt=negative_prompt or "",
+                             steps=int(steps), guidance_scale=float(guidance), seed=int(seed),
+                             resolution=int(resolution), resegment=resegment)
+        host.use_models([inpaint_model.modules()] + ([sam.modules()] if sam is not None else []))
+        result = inpaint_objects(img, layout, inpaint_model, settings,
+                                 recenter_settings(crop_size, foreground_ratio, background), sam=sam,
+                                 callback=host.Progress(settings.steps * max(1, len(layout))))
+        out = host.intermediate_device()
+        w = result.windows
+        return (result.crops.to(out), result.crop_masks.to(out), w.images.to(out), w.inpaint_masks.to(out),
+                result.completed.to(out))
+
+
+class InpaintPrepare:
+    DESCRIPTION = ("The inputs of METHOD.md's inpainting step for your own inpainting workflow: per object, a "
+                   "square window with noise outside the object and the inpaint mask 'inside its box and not the "
+                   "object' (empty for objects nothing occludes). Inpaint the images with any model, then give the "
+                   "result to ComboVerse Inpaint Finish.")
+    CATEGORY = "ComboVerse/stage1"
+    FUNCTION = "prepare"
+    RETURN_TYPES = ("IMAGE", "MASK", "MASK", "STRING")
+    RETURN_NAMES = ("images", "inpaint_masks", "object_masks", "prompts")
+    OUTPUT_TOOLTIPS = ("Noisy object windows, [N,R,R,3]: inpaint these.",
+                       "Where to inpaint, [N,R,R].",
+                       "The visible objects in the windows, [N,R,R] (for Finish).",
+                       "The per-object prompts, one per line.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The picture that was segmented (one image)."}),
+            "layout": (LAYOUT, {"tooltip": "Segment's layout: boxes, phrases and visible masks."}),
+            "seed": _SEED,
+            "resolution": _RESOLUTION,
+            "prompt": ("STRING", {"default": "a complete 3D model",
+                                  "tooltip": "Prompt; each object's phrase is appended as 'of <phrase>'."}),
+        }}
+
+    def prepare(self, image, layout, seed, resolution, prompt):
+        from ..comboverse_ops.inpaint import object_prompt, prepare_inpaint_windows
+
+        settings = _settings(seed=int(seed), resolution=int(resolution), prompt=prompt)
+        w = prepare_inpaint_windows(single_image(image, "ComboVerse Inpaint Prepare"), layout, settings)
+        prompts = "\n".join(object_prompt(settings, p) for p in layout.phrases)
+        out = host.intermediate_device()
+        return (w.images.to(out), w.inpaint_masks.to(out), w.object_masks.to(out), prompts)
+
+
+class InpaintFinish:
+    DESCRIPTION = ("Cuts completed objects out of inpainted windows (from any inpainting workflow fed by ComboVerse "
+                   "Inpaint Prepare) and re-centres them for image-to-3D. Pixels outside the inpaint masks are "
+                   "never added to an object.")
+    CATEGORY = "ComboVerse/stage1"
+    FUNCTION = "finish"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("crops", "crop_masks")
+    OUTPUT_TOOLTIPS = ("Completed objects re-centred for image-to-3D, [N,S,S,3].",
+                       "Their coverage in the crops, [N,S,S].")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The inpainted windows, [N,R,R,3], same size and order as Prepare's."}),
+                "object_masks": ("MASK", {"tooltip": "Prepare's object_masks."}),
+                "inpaint_masks": ("MASK", {"tooltip": "Prepare's inpaint_masks."}),
+                "resegment": _RESEGMENT_INPUT,
+                **_RECENTER_INPUTS,
+            },
+            "optional": {"sam": _SAM_INPUT},
+        }
+
+    def finish(self, images, object_masks, inpaint_masks, resegment, crop_size, foreground_ratio, background,
+               sam=None):
+        from ..comboverse_ops.inpaint import finish_objects
+        from ..comboverse_ops.layout import boxes_from_masks
+
+        # The box of each object in its window: the inpaint mask is "box and not object", so the two together
+        # cover the box (as far as pixels show it).
+        boxes = boxes_from_masks(((object_masks > 0.5) | (inpaint_masks > 0.5)).float())
+        if sam is not None:
+            host.use_models([sam.modules()])
+        crops, crop_masks, _ = finish_objects(images[..., :3], object_masks, inpaint_masks, boxes,
+                                              _settings(resegment=resegment),
+                                              recenter_settings(crop_size, foreground_ratio, background), sam=sam)
+        out = host.intermediate_device()
+        return (crops.to(out), crop_masks.to(out))

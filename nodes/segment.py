@@ -1,0 +1,103 @@
+"""ComboVerse Segment: objects of one image as re-centred crops, masks and a layout (METHOD.md step 1)."""
+
+from __future__ import annotations
+
+from ..comboverse_ops.crops import BACKGROUNDS
+from . import host
+from .host import LAYOUT, SAM_MODEL
+
+_RECENTER_INPUTS = {
+    "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                          "tooltip": "Side of each object crop in pixels (TripoSR takes 512)."}),
+    "foreground_ratio": ("FLOAT", {"default": 0.85, "min": 0.3, "max": 1.0, "step": 0.01,
+                                   "tooltip": "Object's longer side / crop side (TripoSR's default 0.85)."}),
+    "background": (list(BACKGROUNDS), {"default": "grey",
+                                       "tooltip": "Canvas colour around the object: grey (TripoSR), white "
+                                                  "(Zero123-style models) or black."}),
+}
+
+
+def recenter_settings(crop_size, foreground_ratio, background):
+    from ..comboverse_ops.crops import RecenterSettings
+
+    return RecenterSettings(size=int(crop_size), foreground_ratio=float(foreground_ratio), background=background)
+
+
+def single_image(image, node: str):
+    """The one ``[H, W, C]`` image of an ``IMAGE`` batch of one."""
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"{node}: expected one image ([1, H, W, C]), got {tuple(image.shape)}; split the batch "
+                         "first (e.g. with ImageFromBatch) and run one image per workflow")
+    return image[0]
+
+
+class Segment:
+    DESCRIPTION = ("Splits one picture into its objects: SAM prompted with one box per object (plus negative points "
+                   "at the other objects' boxes), or points, or automatic proposals when nothing is given; or "
+                   "masks from any other node instead of SAM. Outputs each object re-centred on a square canvas for "
+                   "image-to-3D, the masks, and the layout (boxes, phrases, masks) for InitPose.")
+    CATEGORY = "ComboVerse/stage1"
+    FUNCTION = "segment"
+    RETURN_TYPES = ("IMAGE", "MASK", LAYOUT, "MASK")
+    RETURN_NAMES = ("crops", "crop_masks", "layout", "masks")
+    OUTPUT_TOOLTIPS = ("One re-centred crop per object, [N,S,S,3], in the order of the boxes.",
+                       "The objects' coverage in their crops, [N,S,S].",
+                       "Boxes, phrases and visible masks in source-image pixels, for Inpaint and InitPose.",
+                       "The visible mask of each object in the source image, [N,H,W].")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "The picture with several objects (one image). RGBA images: the "
+                                               "alpha channel limits the masks to opaque pixels."}),
+                "negative_points": ("BOOLEAN", {"default": True,
+                                                "tooltip": "Tell SAM that the other objects' box centres are not "
+                                                           "this object (helps with touching objects)."}),
+                "auto_objects": ("INT", {"default": 3, "min": 1, "max": 16,
+                                         "tooltip": "Automatic mode only (no boxes, points or masks): how many of "
+                                                    "the most prominent objects to take, numbered left to right."}),
+                **_RECENTER_INPUTS,
+            },
+            "optional": {
+                "sam": (SAM_MODEL, {"tooltip": "From ComboVerse Load SAM. Not needed when masks are given."}),
+                "boxes": ("BOUNDING_BOX", {"forceInput": True,
+                                           "tooltip": "One box per object from a detector or box editor "
+                                                      "(core BOUNDING_BOX: x, y, width, height in pixels)."}),
+                "boxes_text": ("STRING", {"multiline": True, "default": "",
+                                          "tooltip": "Boxes as JSON when the boxes input is not connected: "
+                                                     "[[x0, y0, x1, y1], ...] or [{\"x\":..,\"y\":..,\"width\":..,"
+                                                     "\"height\":..}, ...], in pixels."}),
+                "points": ("STRING", {"multiline": True, "default": "",
+                                      "tooltip": "Optional clicks on objects, JSON [{\"x\":..,\"y\":..}, ...]. With "
+                                                 "boxes, each point helps the box it falls in; without boxes, "
+                                                 "each point is one object."}),
+                "phrases": ("STRING", {"multiline": True, "default": "",
+                                       "tooltip": "Optional object names in box order, one per line (\"a teddy "
+                                                  "bear\"); Inpaint adds them to its prompt."}),
+                "masks": ("MASK", {"tooltip": "Object masks from any other node instead of SAM, [N,H,W] at the "
+                                              "image's size, 1 = object. Core LoadImage's mask is 1 where the "
+                                              "picture is transparent: invert it first."}),
+            },
+        }
+
+    def segment(self, image, negative_points, auto_objects, crop_size, foreground_ratio, background, sam=None,
+                boxes=None, boxes_text="", points="", phrases="", masks=None):
+        from ..comboverse_ops.layout import parse_boxes, parse_points
+        from ..comboverse_ops.segment import SegmentSettings, segment_image
+
+        img = single_image(image, "ComboVerse Segment")
+        size = tuple(img.shape[:2])
+        box_value = boxes if boxes is not None else (boxes_text if boxes_text and boxes_text.strip() else None)
+        parsed = parse_boxes(box_value, size, what="Segment boxes") if box_value is not None else None
+        point_list = parse_points(points or "", what="Segment points")
+        if sam is not None and masks is None:
+            host.use_models([sam.modules()])
+        seg = segment_image(img, sam, boxes=parsed, points=point_list if point_list.numel() else None,
+                            phrases=phrases, masks=masks,
+                            settings=SegmentSettings(negative_points=bool(negative_points),
+                                                     auto_objects=int(auto_objects)),
+                            recenter=recenter_settings(crop_size, foreground_ratio, background))
+        out = host.intermediate_device()
+        layout = seg.layout
+        return (seg.crops.to(out), seg.crop_masks.to(out), layout, layout.masks.to(out))

@@ -1,0 +1,277 @@
+"""Tiny models in the real file formats, for tests and `benchmarks/stage1.py --tiny`.
+
+- SAM: ``segment_anything``'s modules with a tiny image encoder, saved as a ``.pth`` state dict.
+- SD 1.x / 2.x (inpainting or text-to-image): tiny diffusers UNet / VAE / CLIP text encoder,
+  written as one ``.safetensors`` in the original LDM / ComfyUI key layout (SD1: Hugging Face
+  CLIP keys under ``cond_stage_model.transformer.``; SD2: OpenCLIP keys under
+  ``cond_stage_model.model.``, with the extra last layer SD2 skips), plus a diffusers-format
+  config folder describing the tiny architecture, and a tiny CLIP BPE tokenizer.
+
+The diffusers -> original key conversion here is written from the two layouts' published
+structure; it is the inverse of what the loaders under test do, so a round trip that gives the
+same outputs checks both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+def node_class(pack, module: str, name: str):
+    """A node class of the pack as ComfyUI imports it (``nodes/<module>.py``)."""
+    from importlib import import_module
+
+    return getattr(import_module(f"{pack.__name__}.nodes.{module}"), name)
+
+
+SAM_TINY = dict(name="custom", encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
+                encoder_global_attn_indexes=(1,), image_size=128, patch_size=16, window_size=4, prompt_embed_dim=32,
+                mask_in_chans=8, decoder_depth=1, decoder_mlp_dim=64, iou_head_hidden_dim=32)
+
+
+def save_tiny_sam(path: Path, seed: int = 0) -> Path:
+    from comboverse_ops.models.sam import SamArchitecture, build_sam
+
+    torch.manual_seed(seed)
+    sam = build_sam(SamArchitecture(**SAM_TINY))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(sam.state_dict(), path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer
+
+_CHARS = "!\"#$%&'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~"
+_MERGES = ("t h", "th e</w>", "o f</w>", "r e", "re d</w>", "b o", "bo x</w>")
+
+
+def write_tiny_tokenizer(folder: Path) -> int:
+    """A CLIP BPE tokenizer (vocab.json + merges.txt) over ASCII; returns its vocabulary size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {}
+    for c in _CHARS:
+        vocab.setdefault(c, len(vocab))
+    for c in _CHARS:
+        vocab.setdefault(c + "</w>", len(vocab))
+    for m in _MERGES:
+        vocab.setdefault(m.replace(" ", ""), len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_MERGES) + "\n")
+    return len(vocab)
+
+
+# ----------------------------------------------------------------------------------------------
+# SD configs
+
+
+def tiny_sd_configs(family: str, inpainting: bool, vocab_size: int) -> dict[str, dict]:
+    sd2 = family == "sd2"
+    unet = {
+        "_class_name": "UNet2DConditionModel", "act_fn": "silu",
+        "attention_head_dim": [2, 4] if sd2 else 8, "block_out_channels": [16, 32],
+        "cross_attention_dim": 24, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "in_channels": 9 if inpainting else 4,
+        "out_channels": 4, "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 16,
+        "use_linear_projection": sd2, "flip_sin_to_cos": True, "freq_shift": 0,
+    }
+    vae = {
+        "_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [8, 16],
+        "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 4,
+        "sample_size": 32, "scaling_factor": 0.18215,
+    }
+    text = {
+        "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "hidden_size": 24,
+        "intermediate_size": 40, "num_attention_heads": 4, "num_hidden_layers": 2, "max_position_embeddings": 77,
+        "vocab_size": vocab_size, "hidden_act": "gelu" if sd2 else "quick_gelu", "projection_dim": 24,
+        "bos_token_id": vocab_size - 2, "eos_token_id": vocab_size - 1, "pad_token_id": 1,
+    }
+    sched = json.loads((Path(__file__).resolve().parents[1] / "comboverse_ops" / "configs" / "sd1" / "scheduler"
+                        / "scheduler_config.json").read_text())
+    index = {"_class_name": "StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionPipeline",
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+             "scheduler": ["diffusers", "PNDMScheduler"]}
+    return {"model_index.json": index, "unet/config.json": unet, "vae/config.json": vae,
+            "text_encoder/config.json": text, "scheduler/scheduler_config.json": sched}
+
+
+def write_config_dir(folder: Path, configs: dict[str, dict]) -> Path:
+    for rel, cfg in configs.items():
+        p = folder / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(cfg, indent=2))
+    return folder
+
+
+def build_sd_models(config_dir: Path, seed: int = 0):
+    """Randomly initialised (seeded) diffusers UNet, VAE and CLIPTextModel from a config folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(config_dir), subfolder="unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(config_dir), subfolder="vae"))
+    text = CLIPTextModel(CLIPTextConfig.from_pretrained(str(config_dir / "text_encoder")))
+    # Random init leaves some tensors at exactly zero or one (norms, zero-initialised outputs); perturb all so
+    # a weight loaded into the wrong place changes outputs.
+    with torch.no_grad():
+        for m in (unet, vae, text):
+            for p in m.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    return unet.eval(), vae.eval(), text.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# diffusers -> original (LDM) key layout
+
+
+def _resnet_keys(src: str, dst: str, sd: dict, out: dict, vae: bool = False) -> None:
+    names = {"norm1": "norm1", "conv1": "conv1", "norm2": "norm2", "conv2": "conv2",
+             "conv_shortcut": "nin_shortcut"} if vae else \
+        {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
+         "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+    for k, v in sd.items():
+        if k.startswith(src + "."):
+            head, _, tail = k[len(src) + 1:].partition(".")
+            out[f"{dst}.{names[head]}.{tail}"] = v
+
+
+def _copy_prefix(src: str, dst: str, sd: dict, out: dict) -> None:
+    for k, v in sd.items():
+        if k.startswith(src + "."):
+            out[dst + k[len(src):]] = v
+
+
+def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
+    sd, cfg, out = unet.state_dict(), unet.config, {}
+    L = cfg.layers_per_block
+    pre = "model.diffusion_model."
+    _copy_prefix("time_embedding.linear_1", pre + "time_embed.0", sd, out)
+    _copy_prefix("time_embedding.linear_2", pre + "time_embed.2", sd, out)
+    _copy_prefix("conv_in", pre + "input_blocks.0.0", sd, out)
+    idx = 1
+    n = len(cfg.block_out_channels)
+    for i in range(n):
+        for j in range(L):
+            _resnet_keys(f"down_blocks.{i}.resnets.{j}", f"{pre}input_blocks.{idx}.0", sd, out)
+            _copy_prefix(f"down_blocks.{i}.attentions.{j}", f"{pre}input_blocks.{idx}.1", sd, out)
+            idx += 1
+        if i < n - 1:
+            _copy_prefix(f"down_blocks.{i}.downsamplers.0.conv", f"{pre}input_blocks.{idx}.0.op", sd, out)
+            idx += 1
+    _resnet_keys("mid_block.resnets.0", pre + "middle_block.0", sd, out)
+    _copy_prefix("mid_block.attentions.0", pre + "middle_block.1", sd, out)
+    _resnet_keys("mid_block.resnets.1", pre + "middle_block.2", sd, out)
+    idx = 0
+    for i in range(n):
+        has_attn = any(k.startswith(f"up_blocks.{i}.attentions.") for k in sd)
+        for j in range(L + 1):
+            _resnet_keys(f"up_blocks.{i}.resnets.{j}", f"{pre}output_blocks.{idx}.0", sd, out)
+            _copy_prefix(f"up_blocks.{i}.attentions.{j}", f"{pre}output_blocks.{idx}.1", sd, out)
+            if j == L and i < n - 1:
+                slot = 2 if has_attn else 1
+                _copy_prefix(f"up_blocks.{i}.upsamplers.0.conv", f"{pre}output_blocks.{idx}.{slot}.conv", sd, out)
+            idx += 1
+    _copy_prefix("conv_norm_out", pre + "out.0", sd, out)
+    _copy_prefix("conv_out", pre + "out.2", sd, out)
+    assert len(out) == len(sd), (len(out), len(sd))
+    return out
+
+
+def vae_to_ldm(vae) -> dict[str, torch.Tensor]:
+    sd, cfg, out = vae.state_dict(), vae.config, {}
+    pre = "first_stage_model."
+    n = len(cfg.block_out_channels)
+    L = cfg.layers_per_block
+    for part in ("encoder", "decoder"):
+        _copy_prefix(f"{part}.conv_in", f"{pre}{part}.conv_in", sd, out)
+        _copy_prefix(f"{part}.conv_out", f"{pre}{part}.conv_out", sd, out)
+        _copy_prefix(f"{part}.conv_norm_out", f"{pre}{part}.norm_out", sd, out)
+        _resnet_keys(f"{part}.mid_block.resnets.0", f"{pre}{part}.mid.block_1", sd, out, vae=True)
+        _resnet_keys(f"{part}.mid_block.resnets.1", f"{pre}{part}.mid.block_2", sd, out, vae=True)
+        a = f"{part}.mid_block.attentions.0"
+        for src, dst in (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")):
+            for p in ("weight", "bias"):
+                v = sd[f"{a}.{src}.{p}"]
+                if p == "weight" and v.ndim == 2:
+                    v = v[:, :, None, None]  # 1x1 convolutions in the original
+                out[f"{pre}{part}.mid.attn_1.{dst}.{p}"] = v
+    for i in range(n):
+        for j in range(L):
+            _resnet_keys(f"encoder.down_blocks.{i}.resnets.{j}", f"{pre}encoder.down.{i}.block.{j}", sd, out, vae=True)
+        if i < n - 1:
+            _copy_prefix(f"encoder.down_blocks.{i}.downsamplers.0.conv", f"{pre}encoder.down.{i}.downsample.conv", sd,
+                         out)
+        k = n - 1 - i  # the original numbers decoder levels from the bottom
+        for j in range(L + 1):
+            _resnet_keys(f"decoder.up_blocks.{i}.resnets.{j}", f"{pre}decoder.up.{k}.block.{j}", sd, out, vae=True)
+        if i < n - 1:
+            _copy_prefix(f"decoder.up_blocks.{i}.upsamplers.0.conv", f"{pre}decoder.up.{k}.upsample.conv", sd, out)
+    _copy_prefix("quant_conv", pre + "quant_conv", sd, out)
+    _copy_prefix("post_quant_conv", pre + "post_quant_conv", sd, out)
+    assert len(out) == len(sd), (len(out), len(sd))
+    return out
+
+
+def _clip_items(text) -> dict[str, torch.Tensor]:
+    """The text encoder's tensors with ``text_model.`` prefixes, whatever the transformers version."""
+    sd = text.state_dict()
+    return {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in sd.items()
+            if not k.endswith("position_ids")}
+
+
+def text_to_ldm(text, family: str, seed: int = 1) -> dict[str, torch.Tensor]:
+    items = _clip_items(text)
+    if family == "sd1":
+        return {"cond_stage_model.transformer." + k: v for k, v in items.items()}
+    pre, out = "cond_stage_model.model.", {}
+    out[pre + "token_embedding.weight"] = items["text_model.embeddings.token_embedding.weight"]
+    out[pre + "positional_embedding"] = items["text_model.embeddings.position_embedding.weight"]
+    out[pre + "ln_final.weight"] = items["text_model.final_layer_norm.weight"]
+    out[pre + "ln_final.bias"] = items["text_model.final_layer_norm.bias"]
+    layers = text.config.num_hidden_layers
+    d = text.config.hidden_size
+    g = torch.Generator().manual_seed(seed)
+    for i in range(layers + 1):  # SD2 checkpoints carry one more layer than SD2 conditions on
+        src, dst = f"text_model.encoder.layers.{i}.", f"{pre}transformer.resblocks.{i}."
+        get = (lambda name, shape: items[src + name]) if i < layers else \
+            (lambda name, shape: torch.randn(shape, generator=g))
+        for a, b in (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("self_attn.out_proj", "attn.out_proj"),
+                     ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+            w_shape = {"layer_norm1": (d,), "layer_norm2": (d,), "self_attn.out_proj": (d, d),
+                       "mlp.fc1": (text.config.intermediate_size, d), "mlp.fc2": (d, text.config.intermediate_size)}[a]
+            b_shape = (w_shape[0],)
+            out[f"{dst}{b}.weight"] = get(f"{a}.weight", w_shape)
+            out[f"{dst}{b}.bias"] = get(f"{a}.bias", b_shape)
+        out[dst + "attn.in_proj_weight"] = torch.cat([get(f"self_attn.{p}_proj.weight", (d, d)) for p in "qkv"])
+        out[dst + "attn.in_proj_bias"] = torch.cat([get(f"self_attn.{p}_proj.bias", (d,)) for p in "qkv"])
+    out[pre + "text_projection"] = torch.randn(d, d, generator=g)
+    out[pre + "logit_scale"] = torch.tensor(4.6)
+    return out
+
+
+def save_tiny_sd(folder: Path, family: str = "sd2", inpainting: bool = True, seed: int = 0,
+                 name: str | None = None, dtype=torch.float32):
+    """Write a tiny SD checkpoint (single file, original layout), its config folder and tokenizer.
+
+    Returns ``(checkpoint_path, config_dir, tokenizer_dir, (unet, vae, text_encoder))``, the
+    modules being the float32 originals.
+    """
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok_dir = folder / "tokenizer"  # next to the checkpoint: one of the places the loader looks
+    vocab = write_tiny_tokenizer(tok_dir)
+    cfg_dir = write_config_dir(folder / f"config-{family}{'-inpainting' if inpainting else ''}",
+                               tiny_sd_configs(family, inpainting, vocab))
+    unet, vae, text = build_sd_models(cfg_dir, seed)
+    state = {**unet_to_ldm(unet), **vae_to_ldm(vae), **text_to_ldm(text, family)}
+    path = folder / (name or f"tiny-{family}{'-inpainting' if inpainting else ''}.safetensors")
+    save_file({k: v.detach().to(dtype).contiguous() for k, v in state.items()}, str(path))
+    return path, cfg_dir, tok_dir, (unet, vae, text)
