@@ -1,0 +1,183 @@
+"""ComboVerse Lift3D: object crops -> object meshes (built-in TripoSR), and meshes from other 3D nodes."""
+
+from __future__ import annotations
+
+import torch
+
+from ..comboverse_ops.lift3d.frames import AXES
+from . import host
+from .host import LIFT3D_MODEL, MESHES
+
+_FRONT_TIP = ("Which axis of the source mesh the object's front faces. The pack's frame has the front on +Z "
+              "(what the reference camera sees) and +Y up. Most glTF exports (Hunyuan3D, TRELLIS): +Z; if the "
+              "object ends up facing away in the preview, try -Z (or ±X for side-facing exports).")
+_UP_TIP = "Which axis of the source mesh points up: +Y for glTF/GLB (and most generators), +Z for many OBJ/PLY."
+_MAX_FACES_TIP = ("Decimate each object to at most this many faces (ComboVerse: 50,000); 0 keeps every face. "
+                  "Fewer faces make the combination stage faster.")
+_APPEND_TIP = ("Optional: object meshes made by other nodes; these objects are appended after them, in order "
+               "(a clashing name gets _2, _3 ...).")
+
+
+def _dtype(precision: str) -> torch.dtype:
+    if precision == "auto":
+        load_device, _ = host.model_devices()
+        return torch.float16 if load_device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+class LoadLift3DModel:
+    DESCRIPTION = ("Loads TripoSR's official release offline for ComboVerse Lift3D: model.ckpt (or a .safetensors "
+                   "conversion) from ComfyUI's models/triposr folder, with the config.yaml beside it or, if there is "
+                   "none, the released configuration shipped with the pack. Loaded once and shared; ComfyUI moves it "
+                   "to the GPU when Lift3D runs.")
+    CATEGORY = "ComboVerse/loaders"
+    FUNCTION = "load"
+    RETURN_TYPES = (LIFT3D_MODEL,)
+    RETURN_NAMES = ("lift3d_model",)
+    OUTPUT_TOOLTIPS = ("The image-to-3D model, for ComboVerse Lift3D.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        host.register_lift3d_folder()
+        return {"required": {
+            "ckpt_name": (host.model_files(host.TRIPOSR_FOLDER),
+                          {"tooltip": "TripoSR's model.ckpt (huggingface.co/stabilityai/TripoSR) in models/triposr. "
+                                      "Put its config.yaml next to it to use that config; otherwise the released "
+                                      "one shipped with the pack is used."}),
+            "precision": (["auto", "fp32", "fp16", "bf16"],
+                          {"default": "auto", "tooltip": "Weight and compute precision: auto = fp16 on a CUDA GPU, "
+                                                         "fp32 otherwise (TripoSR's own runs use fp32)."}),
+        }}
+
+    def load(self, ckpt_name, precision="auto"):
+        from ..comboverse_ops.lift3d.checkpoint import load_triposr
+
+        host.register_lift3d_folder()
+        path = host.resolve_model_file(host.TRIPOSR_FOLDER, ckpt_name, "ComboVerse Load Lift3D Model")
+        _, offload = host.model_devices()
+        return (load_triposr(path, device=offload, dtype=_dtype(precision)),)
+
+
+class Lift3D:
+    DESCRIPTION = ("Reconstructs one textured mesh per object crop with TripoSR (ComboVerse stage 1): each crop is "
+                   "re-centred on grey using its mask, lifted to a triplane, meshed by marching cubes, decimated and "
+                   "coloured, then put into the pack's object frame (front +Z, up +Y, unit size). To use another "
+                   "image-to-3D model instead, feed its meshes to 'ComboVerse Meshes From MESH'.")
+    CATEGORY = "ComboVerse/lift3d"
+    FUNCTION = "lift"
+    RETURN_TYPES = (MESHES, "IMAGE")
+    RETURN_NAMES = ("meshes", "conditioning")
+    OUTPUT_TOOLTIPS = ("One mesh per crop, in the pack's object frame, for ComboVerse InitPose.",
+                       "What the model saw for each object: re-centred crops on grey [B,S,S,3].")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "lift3d_model": (LIFT3D_MODEL, {"tooltip": "From 'ComboVerse Load Lift3D Model'."}),
+                "images": ("IMAGE", {"tooltip": "Object crops, one per object (batch), e.g. the inpainted crops from "
+                                                "ComboVerse Inpaint."}),
+                "resolution": ("INT", {"default": 256, "min": 32, "max": 1024, "step": 16,
+                                       "tooltip": "Marching-cubes grid per axis (TripoSR default 256). Higher = finer "
+                                                  "surface, cubic cost."}),
+                "density_threshold": ("FLOAT", {"default": 25.0, "min": 0.01, "max": 1000.0, "step": 0.5,
+                                                "tooltip": "Density level of the surface (TripoSR default 25). Lower "
+                                                           "= fatter objects."}),
+                "max_faces": ("INT", {"default": 50000, "min": 0, "max": 2_000_000, "step": 1000,
+                                      "tooltip": _MAX_FACES_TIP}),
+                "foreground_ratio": ("FLOAT", {"default": 0.85, "min": 0.3, "max": 1.0, "step": 0.01,
+                                               "tooltip": "Object size relative to the image the model sees (TripoSR "
+                                                          "default 0.85)."}),
+                "vertex_colors": ("BOOLEAN", {"default": True, "tooltip": "Colour the vertices from the model; off "
+                                                                          "gives grey meshes."}),
+            },
+            "optional": {
+                "masks": ("MASK", {"tooltip": "One mask per crop, 1 = object (as ComboVerse Segment/Inpaint give). "
+                                              "A LoadImage mask is 1 - alpha: invert it first. Without masks the crops "
+                                              "must already show the object centred on grey."}),
+                "query_chunk": ("INT", {"default": 262144, "min": 1024, "max": 16_777_216, "step": 1024,
+                                        "tooltip": "Points per decoder call: lower it if the GPU runs out of memory "
+                                                   "(same result, slower)."}),
+            },
+        }
+
+    def lift(self, lift3d_model, images, resolution, density_threshold, max_faces, foreground_ratio, vertex_colors,
+             masks=None, query_chunk=262144):
+        from ..comboverse_ops.lift3d.reconstruct import Lift3DSettings, reconstruct_objects
+
+        settings = Lift3DSettings(resolution=resolution, density_threshold=density_threshold, max_faces=max_faces,
+                                  foreground_ratio=foreground_ratio, vertex_colors=vertex_colors,
+                                  query_chunk=query_chunk).validate()
+        host.use_models([lift3d_model.model], memory_required=1 << 30)  # grid + decoder chunks, roughly
+        meshes, cond = reconstruct_objects(lift3d_model.model, images, masks, settings,
+                                           callback=host.Progress(images.shape[0]), check=host.check_cancel)
+        return (meshes, cond.to(host.intermediate_device()))
+
+
+class MeshesFromMESH:
+    DESCRIPTION = ("Turns the core MESH of any 3D node (Hunyuan3D, TRELLIS, Load 3D ...) into ComboVerse object "
+                   "meshes: each batch entry becomes one object, decimated and moved into the pack's object frame "
+                   "(front +Z, up +Y, unit size). Chain several of these nodes to collect one object each.")
+    CATEGORY = "ComboVerse/lift3d"
+    FUNCTION = "convert"
+    RETURN_TYPES = (MESHES,)
+    RETURN_NAMES = ("meshes",)
+    OUTPUT_TOOLTIPS = ("The objects (appended to the optional input), for ComboVerse InitPose.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "mesh": ("MESH", {"tooltip": "A core MESH; each batch entry is one object, in the order of the "
+                                             "objects' boxes."}),
+                "front_axis": (list(AXES), {"default": "+Z", "tooltip": _FRONT_TIP}),
+                "up_axis": (list(AXES), {"default": "+Y", "tooltip": _UP_TIP}),
+                "max_faces": ("INT", {"default": 50000, "min": 0, "max": 2_000_000, "step": 1000,
+                                      "tooltip": _MAX_FACES_TIP}),
+                "name": ("STRING", {"default": "object", "tooltip": "Object name (used in the GLB); entries of a "
+                                                                    "batch get _0, _1 ... appended."}),
+            },
+            "optional": {"meshes": (MESHES, {"tooltip": _APPEND_TIP})},
+        }
+
+    def convert(self, mesh, front_axis, up_axis, max_faces, name, meshes=None):
+        from ..comboverse_ops.meshes_in import append_objects, meshes_from_core_mesh
+
+        return (append_objects(meshes, meshes_from_core_mesh(mesh, front=front_axis, up=up_axis, max_faces=max_faces,
+                                                      name=name.strip() or "object")),)
+
+
+class MeshesFromFile:
+    DESCRIPTION = ("Loads object meshes from GLB / glTF / OBJ / PLY files (one object per file, its parts merged), "
+                   "decimated and moved into the pack's object frame (front +Z, up +Y, unit size).")
+    CATEGORY = "ComboVerse/lift3d"
+    FUNCTION = "load"
+    RETURN_TYPES = (MESHES,)
+    RETURN_NAMES = ("meshes",)
+    OUTPUT_TOOLTIPS = ("The objects (appended to the optional input), for ComboVerse InitPose.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "paths": ("STRING", {"multiline": True, "default": "",
+                                     "tooltip": "One file per line, in the order of the objects' boxes: relative to "
+                                                "ComfyUI's input folder (or input/3d), or absolute."}),
+                "front_axis": (list(AXES), {"default": "+Z", "tooltip": _FRONT_TIP}),
+                "up_axis": (list(AXES), {"default": "+Y", "tooltip": _UP_TIP}),
+                "max_faces": ("INT", {"default": 50000, "min": 0, "max": 2_000_000, "step": 1000,
+                                      "tooltip": _MAX_FACES_TIP}),
+            },
+            "optional": {"meshes": (MESHES, {"tooltip": _APPEND_TIP})},
+        }
+
+    def load(self, paths, front_axis, up_axis, max_faces, meshes=None):
+        from ..comboverse_ops.meshes_in import append_objects, mesh_from_file
+
+        lines = [line.strip() for line in paths.splitlines() if line.strip()]
+        if not lines:
+            raise ValueError("ComboVerse Meshes From File: paths is empty; expected one mesh file per line")
+        node = "ComboVerse Meshes From File"
+        new = [mesh_from_file(host.resolve_input_file(line, node), front=front_axis, up=up_axis, max_faces=max_faces)
+               for line in lines]
+        return (append_objects(meshes, new),)
