@@ -6,11 +6,25 @@ from dataclasses import replace
 
 import torch
 
-from ..comboverse_ops.init_pose import DEPTH_KINDS, InitSettings, depth_from_image, init_poses, reference_camera
-from ..comboverse_ops.refine import PARAMETERIZATIONS, LossWeights, RefineSettings, RefineTargets, refine_poses
+from ..comboverse_ops.init_pose import (
+    DEPTH_KINDS,
+    InitSettings,
+    depth_from_image,
+    init_poses,
+    reference_camera,
+)
+from ..comboverse_ops.refine import (
+    PARAMETERIZATIONS,
+    LossWeights,
+    RefineSettings,
+    RefineTargets,
+    refine_poses,
+)
 from ..comboverse_ops.render import BACKENDS, render_scene
 from ..comboverse_ops.scene import Scene, SceneObject
-from .host import LAYOUT, MESHES, SCENE, Progress
+from ..comboverse_ops.ssds import SSDSGuidance, SSDSSettings
+from . import host
+from .host import GUIDANCE_MODEL, LAYOUT, MESHES, SCENE, Progress
 
 
 def _reference_image(image: torch.Tensor, what: str = "reference_image") -> torch.Tensor:
@@ -91,7 +105,10 @@ class SSDSRefine:
     DESCRIPTION = ("Optimises every object's pose (scale, rotation, translation) so the scene matches the "
                    "reference picture (ComboVerse's reference loss), with optional beyond-the-paper terms: a "
                    "silhouette pull that works from any distance, no interpenetration, and objects resting on "
-                   "what is under them. Progress shows a preview; Cancel stops within one step.")
+                   "what is under them. Connect a guidance model and a prompt that states the relation ('a teddy "
+                   "bear (sitting on:25) a chair') to add ComboVerse's spatially-aware score distillation from "
+                   "novel views (L = L_ref + ssds_weight * L_SSDS). Progress shows a preview; Cancel stops within "
+                   "one step.")
     CATEGORY = "ComboVerse/combine"
     FUNCTION = "refine"
     RETURN_TYPES = (SCENE, "IMAGE")
@@ -102,6 +119,7 @@ class SSDSRefine:
     def INPUT_TYPES(cls):
         d = RefineSettings()
         w = LossWeights()
+        g = SSDSSettings()
         return {
             "required": {
                 "scene": (SCENE, {"tooltip": "From InitPose."}),
@@ -128,11 +146,41 @@ class SSDSRefine:
             "optional": {
                 "masks": ("MASK", {"tooltip": "Per-object masks [N,H,W] to use instead of the layout's "
                                               "(1 = object). Note: LoadImage's mask is 1 - alpha."}),
+                "guidance_model": (GUIDANCE_MODEL, {"tooltip": "From ComboVerse Load Guidance Model. Connect it to "
+                                                               "add spatially-aware score distillation (SSDS) from "
+                                                               "novel views; without it only the reference view "
+                                                               "and the physics terms are fitted."}),
+                "prompt": ("STRING", {"multiline": True, "default": "",
+                                      "tooltip": "States the relation, e.g. 'a teddy bear (sitting on:25) a chair'. "
+                                                 "Words in (words:factor) get their cross-attention multiplied by "
+                                                 "factor; with nothing marked, relation words (on, under, behind, "
+                                                 "in front of, riding, ...) are found automatically."}),
+                "ssds_weight": ("FLOAT", {"default": w.guidance, "min": 0.0, "max": 1e6, "step": 0.1,
+                                          "tooltip": "lambda_SSDS (paper: 1). 0 switches the guidance off."}),
+                "cfg_scale": ("FLOAT", {"default": g.guidance_scale, "min": 0.0, "max": 200.0, "step": 0.5,
+                                        "tooltip": "Classifier-free guidance scale of the score distillation "
+                                                   "(100: DreamFusion's and the re-implementation's)."}),
+                "views_per_step": ("INT", {"default": g.views, "min": 1, "max": 64,
+                                           "tooltip": "Novel views rendered per step (paper: 10)."}),
+                "t_min": ("FLOAT", {"default": g.t_range[0], "min": 0.02, "max": 0.98, "step": 0.01,
+                                    "tooltip": "Lowest diffusion time, fraction of T (paper: 0.8)."}),
+                "t_max": ("FLOAT", {"default": g.t_range[1], "min": 0.02, "max": 0.98, "step": 0.01,
+                                    "tooltip": "Highest diffusion time, fraction of T (paper: 0.9)."}),
+                "reweight_factor": ("FLOAT", {"default": g.reweight, "min": 0.01, "max": 1000.0, "step": 0.5,
+                                              "tooltip": "Default attention multiplier c of the spatial words "
+                                                         "(paper: 25; 1 = plain SDS)."}),
+                "ssds_resolution": ("INT", {"default": g.render_resolution, "min": 64, "max": 1024, "step": 32,
+                                            "tooltip": "Render size of the novel views (upsampled to the model's "
+                                                       "512 or 768)."}),
+                "seed": ("INT", {"default": g.seed, "min": 0, "max": 2**63 - 1,
+                                 "tooltip": "Seed of the novel views, timesteps and noise."}),
             },
         }
 
     def refine(self, scene, reference_image, layout, steps, parameterization, silhouette_weight,
-               penetration_weight, support_weight, resolution, backend, masks=None):
+               penetration_weight, support_weight, resolution, backend, masks=None, guidance_model=None, prompt="",
+               ssds_weight=1.0, cfg_scale=100.0, views_per_step=10, t_min=0.8, t_max=0.9, reweight_factor=25.0,
+               ssds_resolution=256, seed=0):
         image = _reference_image(reference_image)
         masks = masks if masks is not None else layout.masks
         if masks is None:
@@ -140,10 +188,28 @@ class SSDSRefine:
         if masks.ndim != 3 or masks.shape[0] != len(scene.objects) or tuple(masks.shape[1:]) != image.shape[:2]:
             raise ValueError(f"masks: expected [{len(scene.objects)}, {image.shape[0]}, {image.shape[1]}] (one per "
                              f"object, image size), got {tuple(masks.shape)}")
+        use_guidance = guidance_model is not None and ssds_weight > 0
         settings = RefineSettings(steps=steps, resolution=resolution, parameterization=parameterization,
                                   backend=backend, weights=replace(LossWeights(), silhouette=silhouette_weight,
                                                                    penetration=penetration_weight,
-                                                                   support=support_weight))
+                                                                   support=support_weight,
+                                                                   guidance=ssds_weight if use_guidance else 0.0))
+        guidance, out_device = None, None
+        if use_guidance:
+            try:
+                ssds = SSDSSettings(prompt=prompt, reweight=reweight_factor, guidance_scale=cfg_scale,
+                                    views=views_per_step, t_range=(t_min, t_max), render_resolution=ssds_resolution,
+                                    seed=seed, backend=backend)
+            except ValueError as e:
+                raise ValueError(f"ComboVerse SSDSRefine: {e}") from None
+            device = host.use_models([guidance_model.modules()])
+            out_device = host.intermediate_device()
+            scene = scene.to(device)  # render where the diffusion model runs
+            try:
+                guidance = SSDSGuidance(guidance_model, ssds)
+            except ValueError as e:
+                raise ValueError(f"ComboVerse SSDSRefine: {e}") from None
         result = refine_poses(scene, RefineTargets.from_masks(image, masks.float()), settings,
-                              callback=Progress(max(1, steps)))
-        return (result.scene, _preview(result.scene))
+                              callback=Progress(max(1, steps)), guidance=guidance)
+        final = result.scene if out_device is None else result.scene.to(out_device)
+        return (final, _preview(final))
