@@ -123,6 +123,8 @@ class Progress:
 # Model folders, devices and ComfyUI's memory manager (Segment / Inpaint loaders)
 
 SAM_FOLDER = "sams"  # models/sams: where ComfyUI users already keep SAM .pth files (Impact Pack uses it too)
+TRIPOSR_FOLDER = "triposr"  # models/triposr: TripoSR's model.ckpt (+ optionally its config.yaml)
+PACK_FOLDERS = (SAM_FOLDER, TRIPOSR_FOLDER)  # model folders this pack adds to ComfyUI's
 _PT_EXTENSIONS = {".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".sft"}
 
 
@@ -143,15 +145,17 @@ def models_directory() -> Path:
 
 
 def register_model_folders() -> None:
-    """Make ComfyUI know ``models/sams`` (idempotent; a folder another pack registered is kept)."""
+    """Make ComfyUI know the pack's model folders, ``models/sams`` and ``models/triposr``
+    (idempotent; a folder another pack registered is kept)."""
     fp = _folder_paths()
     if fp is None:
         return
-    path = os.path.join(fp.models_dir, SAM_FOLDER)
-    if SAM_FOLDER not in fp.folder_names_and_paths:
-        fp.folder_names_and_paths[SAM_FOLDER] = ([path], set(_PT_EXTENSIONS))
-    elif path not in fp.folder_names_and_paths[SAM_FOLDER][0]:
-        fp.add_model_folder_path(SAM_FOLDER, path)
+    for folder in PACK_FOLDERS:
+        path = os.path.join(fp.models_dir, folder)
+        if folder not in fp.folder_names_and_paths:
+            fp.folder_names_and_paths[folder] = ([path], set(_PT_EXTENSIONS))
+        elif path not in fp.folder_names_and_paths[folder][0]:
+            fp.add_model_folder_path(folder, path)
 
 
 def model_folder_paths(folder: str) -> list[Path]:
@@ -293,22 +297,7 @@ def use_models(modules: list[torch.nn.Module], memory_required: int = 0) -> torc
 
 
 # ----------------------------------------------------------------------------------------------
-# Lift3D: the TripoSR model folder, input files, cancel checks
-
-TRIPOSR_FOLDER = "triposr"  # models/triposr: TripoSR's model.ckpt (+ optionally its config.yaml)
-
-
-def register_lift3d_folder() -> None:
-    """Make ComfyUI know ``models/triposr`` (idempotent; a folder registered elsewhere is kept)."""
-    fp = _folder_paths()
-    if fp is None:
-        return
-    path = os.path.join(fp.models_dir, TRIPOSR_FOLDER)
-    if TRIPOSR_FOLDER not in fp.folder_names_and_paths:
-        fp.folder_names_and_paths[TRIPOSR_FOLDER] = ([path], set(_PT_EXTENSIONS))
-    elif path not in fp.folder_names_and_paths[TRIPOSR_FOLDER][0]:
-        fp.add_model_folder_path(TRIPOSR_FOLDER, path)
-
+# Lift3D: input files, cancel checks
 
 def input_directory() -> Path:
     """ComfyUI's input folder, or ``$COMBOVERSE_INPUT_DIR`` (default ``./input``) outside ComfyUI."""

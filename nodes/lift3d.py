@@ -38,7 +38,7 @@ class LoadLift3DModel:
 
     @classmethod
     def INPUT_TYPES(cls):
-        host.register_lift3d_folder()
+        host.register_model_folders()
         return {"required": {
             "ckpt_name": (host.model_files(host.TRIPOSR_FOLDER),
                           {"tooltip": "TripoSR's model.ckpt (huggingface.co/stabilityai/TripoSR) in models/triposr. "
@@ -52,7 +52,7 @@ class LoadLift3DModel:
     def load(self, ckpt_name, precision="auto"):
         from ..comboverse_ops.lift3d.checkpoint import load_triposr
 
-        host.register_lift3d_folder()
+        host.register_model_folders()
         path = host.resolve_model_file(host.TRIPOSR_FOLDER, ckpt_name, "ComboVerse Load Lift3D Model")
         _, offload = host.model_devices()
         return (load_triposr(path, device=offload, dtype=_dtype(precision)),)

@@ -32,3 +32,25 @@ def output_dir(tmp_path, monkeypatch):
     out = tmp_path / "output"
     monkeypatch.setenv("COMBOVERSE_OUTPUT_DIR", str(out))
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def offline():
+    """Nothing in the suite may reach a model hub (nothing does at run time either)."""
+    import os
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP spin-waits make
+    them many times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

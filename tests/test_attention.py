@@ -3,15 +3,9 @@
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
+import diffusers  # noqa: F401,E402  (declared dependencies: fail loudly, never skip)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
 
 
 def _attn(seed=0):

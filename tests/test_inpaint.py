@@ -5,23 +5,12 @@ import torch
 
 from tiny_models import node_class, save_tiny_sam, save_tiny_sd
 
-pytest.importorskip("diffusers")
+import diffusers  # noqa: F401,E402  (declared dependencies: fail loudly, never skip)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
+
 
 RED, BLUE = torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.2, 0.9])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits 50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

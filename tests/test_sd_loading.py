@@ -8,22 +8,9 @@ import torch
 
 from tiny_models import node_class, save_tiny_sd, write_tiny_tokenizer
 
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
+import diffusers, transformers  # noqa: F401,E402  (declared dependencies: fail loudly, never skip)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits 50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
 
 
 @pytest.fixture(scope="module")

@@ -6,16 +6,9 @@ import torch
 
 from tiny_models import SAM_TINY, node_class, save_tiny_sam
 
-pytest.importorskip("segment_anything")
+import segment_anything  # noqa: F401,E402  (declared dependencies: fail loudly, never skip)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads, and a busy 2-core machine makes OpenMP spin-waits 50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ import pytest
 import torch
 from tiny_models import write_tiny_tokenizer
 
-pytest.importorskip("transformers")
-
 
 @pytest.fixture(scope="module", params=["sd1", "sd2"])
 def tokenizer(request, tmp_path_factory):

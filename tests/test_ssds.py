@@ -6,8 +6,6 @@ import pytest
 import torch
 from tiny_models import node_class, save_tiny_sd
 
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
 
 from comboverse_ops import Pose
 from comboverse_ops.init_pose import init_poses
@@ -21,22 +19,13 @@ from comboverse_ops.refine import (
 )
 from comboverse_ops.ssds import SSDSGuidance, SSDSSettings, sds_loss
 
+import diffusers, transformers  # noqa: F401,E402  (declared dependencies: fail loudly, never skip)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
+
 SIZE = 64
 PROMPT = "a red box (on top of:25) a blue box"
 FAST = {"prompt": PROMPT, "views": 2, "render_resolution": 32, "backend": "torch"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
