@@ -117,7 +117,7 @@ def test_penetration_term_separates_overlapping_objects():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(pose.translation[0]) > 0.9
+    assert float(pose.translation.detach()[0]) > 0.9
     assert interpenetration_volume(Scene([a, replace(b, pose=pose.detach())])) < 0.05
 
 
