@@ -163,9 +163,9 @@ class _PoseParams:
         return [Pose(scale[i], self.rotation[i], t[i]) for i in range(t.shape[0])]
 
 
-def _resize_hw(x: torch.Tensor, size: tuple[int, int], mode: str = "area") -> torch.Tensor:
-    """``[..., H, W]`` or ``[H, W, C]`` handled by callers; here ``[N, C, H, W]``."""
-    return F.interpolate(x, size=size, mode=mode)
+def _resize_hw(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[N, C, H, W]`` resized to ``size`` by area averaging (targets are only ever shrunk)."""
+    return F.interpolate(x, size=size, mode="area")
 
 
 def _clone_for_autograd(scene: Scene) -> Scene:
@@ -228,12 +228,8 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
         params = _PoseParams(scene.poses, cam, settings.parameterization)
         opt = torch.optim.Adam(params.groups(settings))
         history = []
-
-        def current(poses):
-            return scene.with_poses(poses)
-
         for step in range(settings.steps):
-            posed = current(params.poses())
+            posed = scene.with_poses(params.poses())
             out = render_scene(posed, cam, backend=settings.backend, per_object=dist is not None)
             terms: dict[str, torch.Tensor] = {}
             if "ref_rgb" in weights:
