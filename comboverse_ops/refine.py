@@ -164,7 +164,7 @@ class _PoseParams:
 
 
 def _resize_hw(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[N, C, H, W]`` resized to ``size`` by area averaging (targets are only ever shrunk)."""
+    """``[N, C, H, W]`` resized to ``size`` by area averaging (enlarging repeats pixels)."""
     return F.interpolate(x, size=size, mode="area")
 
 
