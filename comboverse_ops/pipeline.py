@@ -1,0 +1,382 @@
+"""The whole ComboVerse pipeline, headless: ``comboverse run IMAGE --boxes ... --models DIR``.
+
+Stages, in order (each one the same core call the ComfyUI node makes):
+
+1. **Segment**: SAM, prompted with the user's boxes (``DIR/sams/*.pth``, the first found in
+   name order, or ``--sam FILE``).
+2. **Inpaint**: SD inpainting completes occluded objects (``DIR/checkpoints/`` or
+   ``--inpaint FILE``; ``--no-inpaint`` skips it and uses Segment's crops).
+3. **Lift3D**: TripoSR, one canonical mesh per crop (``DIR/triposr/model.ckpt`` or ``--lift3d``).
+4. **InitPose**: the reference camera from ``fov_deg`` / ``elevation_deg``. This version has no
+   depth model, so every object starts at the same depth (the documented start of InitPose
+   without a depth map); refinement and the physics terms then sort out depth.
+5. **SSDSRefine**: reference-view terms + interpenetration + support; with a guidance model
+   (``--guidance FILE``) and a prompt, spatially-aware score distillation too.
+6. **Export**: the GLB (one node per object), preview PNGs (reference view + 2 novel views) and
+   a JSON report next to it, all written atomically.
+
+Between stages the previous stage's models leave the GPU (the loaders return holders, not
+``nn.Module``s, so their ``.to("cpu")`` is called; bare modules in the shared cache go through
+``MODEL_CACHE.offload``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+__all__ = ["PipelineSettings", "run_pipeline", "find_models", "load_image_hwc"]
+
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Everything ``comboverse run`` can set (CLI flags map onto these fields)."""
+
+    models_dir: str | None = None  # default $COMBOVERSE_MODELS_DIR or ./models
+    sam: str | None = None
+    inpaint: str | None = None
+    inpaint_config: str | None = None  # diffusers-format config folder for a single-file inpainting model
+    no_inpaint: bool = False
+    lift3d: str | None = None
+    guidance: str | None = None
+    guidance_config: str | None = None
+    prompt: str = ""
+    phrases: str | None = None  # one per box (JSON list / lines / ';'-separated); default none
+    device: str | None = None  # default cuda if available else cpu
+    seed: int = 0
+    # Inpaint
+    inpaint_steps: int = 30
+    inpaint_resolution: int = 512
+    # Lift3D
+    mc_resolution: int = 256
+    density_threshold: float = 25.0
+    max_faces: int = 50_000
+    # InitPose
+    fov_deg: float = 40.0
+    elevation_deg: float = -15.0
+    # SSDSRefine
+    refine_steps: int = 200
+    refine_resolution: int = 128
+    ssds_weight: float = 1.0
+    ssds_views: int = 10
+    ssds_resolution: int = 256
+    # Previews
+    preview_size: int = 256
+
+
+def models_root(settings: PipelineSettings) -> Path:
+    return Path(settings.models_dir or os.environ.get("COMBOVERSE_MODELS_DIR", "models"))
+
+
+def _first_file(folder: Path, suffixes=WEIGHT_SUFFIXES) -> Path | None:
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+    return files[0] if files else None
+
+
+def _inpainting_files(folder: Path) -> list[Path]:
+    """Weight files in ``checkpoints/`` whose name says inpainting (first), then the rest."""
+    if not folder.is_dir():
+        return []
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".safetensors", ".ckpt"))
+    return sorted(files, key=lambda p: "inpaint" not in p.name.lower())
+
+
+def find_models(settings: PipelineSettings) -> dict[str, Path | None]:
+    """The model file of every stage; a missing one raises ``FileNotFoundError`` naming the folder.
+
+    Returns ``{"sam", "inpaint", "lift3d", "guidance"}`` (``inpaint`` None with ``no_inpaint``,
+    ``guidance`` None unless given).
+    """
+    root = models_root(settings)
+    found: dict[str, Path | None] = {}
+
+    def given(path: str | None, what: str, flag: str, hint: str) -> Path:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"{what}: {flag} {p} does not exist; {hint}")
+        return p
+
+    sam_hint = (f"put an official SAM checkpoint (sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or "
+                f"sam_vit_h_4b8939.pth) in the folder {root / 'sams'}, or give it with --sam FILE")
+    if settings.sam:
+        found["sam"] = given(settings.sam, "Segment (SAM)", "--sam", sam_hint)
+    else:
+        found["sam"] = _first_file(root / "sams", (".pth", ".pt", ".safetensors"))
+        if found["sam"] is None:
+            raise FileNotFoundError(f"Segment (SAM): no SAM checkpoint in {root / 'sams'}; {sam_hint}")
+    inpaint_hint = (f"put an SD inpainting checkpoint (512-inpainting-ema.safetensors or sd-v1-5-inpainting.ckpt) "
+                    f"in the folder {root / 'checkpoints'}, give it with --inpaint FILE, or skip the stage with "
+                    "--no-inpaint")
+    if settings.no_inpaint:
+        found["inpaint"] = None
+    elif settings.inpaint:
+        found["inpaint"] = given(settings.inpaint, "Inpaint (SD inpainting)", "--inpaint", inpaint_hint)
+    else:
+        files = _inpainting_files(root / "checkpoints")
+        if not files:
+            raise FileNotFoundError(f"Inpaint (SD inpainting): no checkpoint in {root / 'checkpoints'}; "
+                                    f"{inpaint_hint}")
+        found["inpaint"] = files[0]
+    lift_hint = (f"put TripoSR's model.ckpt (and optionally its config.yaml) in the folder {root / 'triposr'}, "
+                 "or give it with --lift3d FILE")
+    if settings.lift3d:
+        found["lift3d"] = given(settings.lift3d, "Lift3D (TripoSR)", "--lift3d", lift_hint)
+    else:
+        p = root / "triposr" / "model.ckpt"
+        if not p.is_file():
+            p = _first_file(root / "triposr", (".ckpt", ".safetensors"))
+        if p is None:
+            raise FileNotFoundError(f"Lift3D (TripoSR): no model.ckpt in {root / 'triposr'}; {lift_hint}")
+        found["lift3d"] = p
+    found["guidance"] = given(settings.guidance, "SSDS guidance", "--guidance",
+                              f"put an SD 1.x/2.x text-to-image checkpoint in {root / 'checkpoints'} and give "
+                              "it with --guidance FILE") if settings.guidance else None
+    return found
+
+
+def load_image_hwc(path: str | os.PathLike) -> torch.Tensor:
+    """An image file as ``[H, W, C]`` float32 in [0, 1] (C = 3, or 4 when it has transparency)."""
+    from PIL import Image, ImageOps
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"image: no file at {p}")
+    img = ImageOps.exif_transpose(Image.open(p))
+    img = img.convert("RGBA" if ("A" in img.getbands() or "transparency" in img.info) else "RGB")
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).contiguous()
+
+
+def _offload(*handles) -> None:
+    """Move stage models off the GPU (holders with ``.to``, and bare modules in the shared cache)."""
+    from .models.cache import MODEL_CACHE
+
+    for h in handles:
+        if h is not None:
+            h.to("cpu")
+    MODEL_CACHE.offload()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _tokenizer_dirs(root: Path) -> list[Path]:
+    return [root / "clip_tokenizer"]
+
+
+def _novel_cameras(scene, size: int, offsets=(-45.0, 45.0)):
+    """Two orbit cameras at the reference elevation, azimuth offset from the reference view."""
+    from .camera import Cameras
+    from .ssds import reference_orbit
+
+    el, az, r, centre = reference_orbit(scene)
+    fov = float(scene.camera.fov_y_deg[0])
+    return Cameras.orbit(torch.tensor([el - 10.0] * len(offsets)), torch.tensor([az + o for o in offsets]),
+                         torch.tensor([r] * len(offsets)), fov, size, size,
+                         target=tuple(float(c) for c in centre), near=scene.camera.near, far=scene.camera.far,
+                         device=scene.camera.device)
+
+
+def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLike,
+                 settings: PipelineSettings = PipelineSettings(),
+                 progress: Callable[[str, int], Callable] | None = None, log=print) -> dict:
+    """Run every stage on one image and write ``out_path`` (GLB), previews and a JSON report.
+
+    Args:
+        image_path: the picture (PNG/JPEG/...; transparency restricts the masks).
+        boxes: one box per object, ``(x0, y0, x1, y1)`` source pixels, as JSON text or a list
+            (:func:`~comboverse_ops.layout.parse_boxes`).
+        out_path: the ``.glb`` to write; ``<stem>_reference.png``, ``<stem>_novel_1.png``,
+            ``<stem>_novel_2.png`` and ``<stem>_report.json`` go next to it.
+        progress: ``progress(label, total) -> callback(step, total, preview=None)`` (with an
+            optional ``close()``), e.g. the CLI's terminal bar.
+    Returns:
+        The report (also written as JSON).
+    """
+    from .atomic import save_png_atomic, write_bytes_atomic
+    from .crops import RecenterSettings
+    from .export import write_glb
+    from .init_pose import InitSettings, init_poses, reference_camera
+    from .inpaint import InpaintSettings, inpaint_objects
+    from .layout import parse_boxes
+    from .lift3d.checkpoint import load_triposr
+    from .lift3d.reconstruct import Lift3DSettings, reconstruct_objects
+    from .models.sam import load_sam
+    from .models.sd import load_sd_model
+    from .refine import LossWeights, RefineSettings, RefineTargets, refine_poses
+    from .render import render_scene
+    from .scene import Scene, SceneObject
+    from .segment import parse_phrases, segment_image, source_rgb
+
+    s = settings
+    device = torch.device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(out_path)
+    if out.suffix.lower() != ".glb":
+        raise ValueError(f"--out: expected a .glb file name, got {out}")
+    stem = out.with_suffix("")
+    root = models_root(s)
+    lift_settings = Lift3DSettings(resolution=s.mc_resolution, density_threshold=s.density_threshold,
+                                   max_faces=s.max_faces).validate()
+    inpaint_settings = InpaintSettings(steps=s.inpaint_steps, resolution=s.inpaint_resolution, seed=s.seed)
+    # Check every model file before any work, so a missing one fails in seconds, not after SAM ran.
+    files = find_models(s)
+    image = load_image_hwc(image_path)
+    h, w = image.shape[:2]
+    box_t = parse_boxes(boxes, (h, w), what="--boxes")
+    phrases = parse_phrases(s.phrases, box_t.shape[0], what="--phrases")
+    timings: dict[str, float] = {}
+    models_used: dict[str, dict] = {}
+
+    def bar(label: str, total: int):
+        return progress(label, total) if progress is not None else None
+
+    def close(cb):
+        if cb is not None and hasattr(cb, "close"):
+            cb.close()
+
+    t_all = time.perf_counter()
+    # 1. Segment --------------------------------------------------------------------------------
+    t = time.perf_counter()
+    log(f"Segment: SAM {files['sam']}")
+    sam = load_sam(files["sam"], device=device).to(device)  # back from an earlier offload
+    models_used["segment"] = {"kind": f"SAM {sam.arch.name}", "file": str(files["sam"])}
+    seg = segment_image(image, sam, boxes=box_t, phrases=list(phrases), recenter=RecenterSettings())
+    layout = seg.layout
+    timings["segment"] = time.perf_counter() - t
+
+    # 2. Inpaint --------------------------------------------------------------------------------
+    t = time.perf_counter()
+    crops, crop_masks = seg.crops, seg.crop_masks
+    inpainted: list[bool] = [False] * len(layout)
+    if files["inpaint"] is None:
+        log("Inpaint: skipped (--no-inpaint); Segment's crops go to Lift3D")
+        models_used["inpaint"] = {"kind": "skipped", "file": None}
+        _offload(sam)
+    else:
+        log(f"Inpaint: SD inpainting {files['inpaint']}")
+        sd = load_sd_model(files["inpaint"], expect="inpainting", device=device, config_dir=s.inpaint_config,
+                           tokenizer_dirs=_tokenizer_dirs(root), what="Inpaint (SD inpainting)").to(device)
+        models_used["inpaint"] = {"kind": sd.info.describe(), "file": str(files["inpaint"])}
+        cb = bar("inpaint", inpaint_settings.steps * max(1, len(layout)))
+        res = inpaint_objects(image, layout, sd, inpaint_settings, RecenterSettings(), sam=sam, callback=cb)
+        close(cb)
+        crops, crop_masks = res.crops, res.crop_masks
+        inpainted = list(res.windows.occluded)
+        _offload(sam, sd)
+        del sd
+    del sam
+    timings["inpaint"] = time.perf_counter() - t
+
+    # 3. Lift3D ---------------------------------------------------------------------------------
+    t = time.perf_counter()
+    log(f"Lift3D: TripoSR {files['lift3d']}")
+    tsr = load_triposr(files["lift3d"], device=device).to(device)
+    models_used["lift3d"] = {"kind": "TripoSR", "file": str(files["lift3d"]), "config": str(tsr.config)}
+    cb = bar("lift3d", len(layout))
+    names = [(p.strip().replace(" ", "_") or f"object_{i}") for i, p in enumerate(layout.phrases)]
+    names = [n if names.index(n) == i else f"{n}_{i}" for i, n in enumerate(names)]
+    meshes, _ = reconstruct_objects(tsr.model, crops, crop_masks, lift_settings, names=names, callback=cb)
+    close(cb)
+    _offload(tsr)
+    del tsr
+    timings["lift3d"] = time.perf_counter() - t
+
+    # 4. InitPose -------------------------------------------------------------------------------
+    t = time.perf_counter()
+    camera = reference_camera(h, w, s.fov_deg, s.elevation_deg, device=device)
+    # No depth model in this version: every object starts at the same depth (InitPose's
+    # documented start without a depth map).
+    poses = init_poses(meshes, layout, camera, None, InitSettings())
+    start = Scene([SceneObject(n, m.to(device), p) for n, m, p in zip(names, meshes, poses)], camera,
+                  meta={"phrases": list(layout.phrases)})
+    timings["init_pose"] = time.perf_counter() - t
+
+    # 5. SSDSRefine -----------------------------------------------------------------------------
+    t = time.perf_counter()
+    guidance, gmodel = None, None
+    use_ssds = files["guidance"] is not None and bool(s.prompt.strip()) and s.ssds_weight > 0
+    if files["guidance"] is not None and not s.prompt.strip():
+        log("SSDSRefine: --guidance given without --prompt; score distillation needs a prompt, so it is off")
+    if use_ssds:
+        from .ssds import SSDSGuidance, SSDSSettings
+
+        log(f"SSDSRefine: guidance {files['guidance']}")
+        gmodel = load_sd_model(files["guidance"], expect="text2img", device=device, config_dir=s.guidance_config,
+                               tokenizer_dirs=_tokenizer_dirs(root), what="SSDS guidance").to(device)
+        models_used["guidance"] = {"kind": gmodel.info.describe(), "file": str(files["guidance"])}
+        guidance = SSDSGuidance(gmodel, SSDSSettings(prompt=s.prompt, views=s.ssds_views,
+                                                     render_resolution=s.ssds_resolution, seed=s.seed))
+    else:
+        models_used["guidance"] = {"kind": "none (reference view + physics only)", "file": None}
+    rs = RefineSettings(steps=s.refine_steps, resolution=s.refine_resolution,
+                        weights=replace(LossWeights(), guidance=s.ssds_weight if use_ssds else 0.0))
+    rgb, _ = source_rgb(image)
+    cb = bar("refine", max(1, rs.steps))
+    result = refine_poses(start, RefineTargets.from_masks(rgb, layout.masks.float()), rs, callback=cb,
+                          guidance=guidance)
+    close(cb)
+    if gmodel is not None:
+        from .attention import remove_spatial_attention
+
+        remove_spatial_attention(gmodel.unet)  # the cached model goes back to stock attention
+        _offload(gmodel)
+    del guidance, gmodel
+    timings["refine"] = time.perf_counter() - t
+
+    # 6. Export ---------------------------------------------------------------------------------
+    t = time.perf_counter()
+    scene = result.scene
+    written = {"glb": write_glb(scene.to("cpu"), out)}
+    with torch.no_grad():
+        size = s.preview_size
+        ref_cam = reference_camera(round(h * size / max(h, w)), round(w * size / max(h, w)), s.fov_deg,
+                                   s.elevation_deg, device=scene.camera.device)
+        written["preview_reference"] = save_png_atomic(Path(f"{stem}_reference.png"),
+                                                       render_scene(scene, ref_cam).rgb[0])
+        novel = render_scene(scene, _novel_cameras(scene, size)).rgb
+        for k in range(novel.shape[0]):
+            written[f"preview_novel_{k + 1}"] = save_png_atomic(Path(f"{stem}_novel_{k + 1}.png"), novel[k])
+    timings["export"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_all
+
+    def finite(d: dict) -> dict:
+        return {k: (v if math.isfinite(v) else None) for k, v in d.items()}
+
+    report = {
+        "image": str(image_path),
+        "image_size": [w, h],
+        "prompt": s.prompt,
+        "device": str(device),
+        "objects": [{"name": o.name, "phrase": ph, "box": b, "inpainted": bool(ip),
+                     "faces": int(o.mesh.num_faces), "scale": float(o.pose.scale),
+                     "rotation": o.pose.rotation.detach().cpu().tolist(),
+                     "translation": o.pose.translation.detach().cpu().tolist()}
+                    for o, ph, b, ip in zip(scene.objects, layout.phrases, box_t.tolist(), inpainted)],
+        "init_pose": {"depth": "none: no depth model in this version, all objects start at the same depth "
+                               "(InitPose without a depth map)",
+                      "fov_deg": s.fov_deg, "elevation_deg": s.elevation_deg},
+        "losses": {"first": finite(result.history[0]) if result.history else {},
+                   "final": finite(result.history[-1]) if result.history else {}},
+        "models": models_used,
+        "settings": {k: v for k, v in s.__dict__.items()},
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "files": {k: str(v) for k, v in written.items()},
+    }
+    report_path = Path(f"{stem}_report.json")
+    report["files"]["report"] = str(report_path)
+    write_bytes_atomic(report_path, json.dumps(report, indent=2).encode())
+    for k, v in report["files"].items():
+        log(f"wrote {k:<18} {v}")
+    log("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    return report

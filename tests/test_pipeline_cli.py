@@ -1,0 +1,133 @@
+"""`comboverse run`: the whole pipeline headless, with tiny models in the real file formats.
+
+Random tiny weights give meaningless geometry: these tests check the plumbing (every stage runs,
+files are found where the README says, the outputs are written and well-formed), not quality.
+The tiny TripoSR's random density peaks near 1, far below TripoSR's iso level 25, so the runs
+pass ``--density-threshold 0.5`` (as tests/test_lift3d.py does); no result is faked.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_models import save_tiny_sam, save_tiny_sd
+
+TINY_TRIPOSR = Path(__file__).resolve().parent / "data" / "triposr_tiny"
+
+FAST = ["--inpaint-steps", "2", "--inpaint-resolution", "64", "--mc-resolution", "24", "--density-threshold", "0.5",
+        "--max-faces", "400", "--steps", "3", "--refine-resolution", "48", "--ssds-views", "1",
+        "--ssds-resolution", "32", "--preview-size", "64", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A models folder as a user lays it out, a guidance model elsewhere, and a 96 px picture."""
+    from comboverse_ops.atomic import save_png_atomic
+    from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
+
+    root = tmp_path_factory.mktemp("pipeline")
+    models = root / "models"
+    save_tiny_sam(models / "sams" / "sam_tiny.pth")
+    # Single-file SD-2 inpainting in the original layout; its tokenizer/ lands next to it.
+    _, inpaint_cfg, _, _ = save_tiny_sd(models / "checkpoints", "sd2", inpainting=True)
+    guidance, guidance_cfg, _, _ = save_tiny_sd(root / "guidance", "sd2", inpainting=False)
+    (models / "triposr").mkdir(parents=True)
+    shutil.copytree(TINY_TRIPOSR / "dino-tiny", models / "triposr" / "dino-tiny")
+    shutil.copy(TINY_TRIPOSR / "config.yaml", models / "triposr" / "config.yaml")
+    shutil.copy(TINY_TRIPOSR / "model.ckpt", models / "triposr" / "model.ckpt")
+    # Seed 1: two objects, each partly hidden by the other, so Inpaint really runs SD.
+    proc = make_procedural_scene(1, ProceduralSettings(min_objects=2, max_objects=2, image_size=96))
+    obs = proc.observe()
+    image = save_png_atomic(root / "picture.png", obs.image)
+    return {"root": root, "models": models, "image": image, "boxes": json.dumps(obs.boxes.round().tolist()),
+            "phrases": json.dumps(list(proc.phrases)), "prompt": proc.prompt, "inpaint_cfg": inpaint_cfg,
+            "guidance": guidance, "guidance_cfg": guidance_cfg, "n": len(proc.phrases)}
+
+
+def _glb_nodes(path: Path) -> list[str]:
+    import trimesh
+
+    scene = trimesh.load(str(path), force="scene")
+    assert all(len(g.faces) > 0 for g in scene.geometry.values())
+    return sorted(scene.graph.nodes_geometry)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.size
+
+
+def test_run_writes_glb_previews_and_report_with_every_stage(setup):
+    from comboverse_ops.cli import main
+
+    out = setup["root"] / "out" / "scene.glb"
+    assert main(["run", str(setup["image"]), "--boxes", setup["boxes"], "--phrases", setup["phrases"],
+                 "--prompt", setup["prompt"], "--models", str(setup["models"]), "--out", str(out),
+                 "--inpaint-config", str(setup["inpaint_cfg"]), "--guidance", str(setup["guidance"]),
+                 "--guidance-config", str(setup["guidance_cfg"])] + FAST) == 0
+    report = json.loads((out.parent / "scene_report.json").read_text())
+    names = [o["name"] for o in report["objects"]]
+    assert len(names) == setup["n"] and _glb_nodes(out) == sorted(names)  # one glTF node per object
+    for name in ("scene_reference.png", "scene_novel_1.png", "scene_novel_2.png"):
+        assert _png_size(out.parent / name) == (64, 64)
+    for stage in ("segment", "inpaint", "lift3d", "init_pose", "refine", "export", "total"):
+        assert report["seconds"][stage] >= 0
+    assert any(o["inpainted"] for o in report["objects"])  # SD inpainting really ran
+    assert report["models"]["segment"]["file"].endswith("sam_tiny.pth")
+    assert "inpainting" in report["models"]["inpaint"]["kind"]
+    assert report["models"]["lift3d"]["file"].endswith("model.ckpt")
+    assert "text-to-image" in report["models"]["guidance"]["kind"]
+    final = report["losses"]["final"]
+    assert {"ref_rgb", "ref_alpha", "guidance_ssds", "total"} <= set(final)
+    assert all(v is not None for v in final.values())
+    for o in report["objects"]:
+        assert len(o["translation"]) == 3 and len(o["rotation"]) == 3 and o["scale"] > 0
+    assert "same depth" in report["init_pose"]["depth"]
+    assert not list(out.parent.glob("*.tmp*"))  # atomic writes leave nothing behind
+
+
+def test_run_without_inpainting_or_guidance_needs_no_checkpoints(setup, tmp_path):
+    from comboverse_ops.cli import main
+
+    models = tmp_path / "models"
+    shutil.copytree(setup["models"] / "sams", models / "sams")
+    shutil.copytree(setup["models"] / "triposr", models / "triposr")
+    out = tmp_path / "plain.glb"
+    main(["run", str(setup["image"]), "--boxes", setup["boxes"], "--models", str(models), "--out", str(out),
+          "--no-inpaint"] + FAST)
+    report = json.loads((tmp_path / "plain_report.json").read_text())
+    assert len(_glb_nodes(out)) == setup["n"]
+    assert report["models"]["inpaint"]["kind"] == "skipped" and report["models"]["guidance"]["file"] is None
+    assert "guidance_ssds" not in report["losses"]["final"]
+    assert (tmp_path / "plain_novel_2.png").is_file()
+
+
+@pytest.mark.parametrize("missing, folder", [("sams", "sams"), ("checkpoints", "checkpoints"),
+                                             ("triposr", "triposr")])
+def test_a_missing_model_is_a_clear_error_naming_its_folder(setup, tmp_path, missing, folder):
+    from comboverse_ops.cli import main
+
+    models = tmp_path / "models"
+    for sub in ("sams", "checkpoints", "triposr"):
+        if sub != missing:
+            shutil.copytree(setup["models"] / sub, models / sub)
+    out = tmp_path / "scene.glb"
+    with pytest.raises(FileNotFoundError, match=rf"{models / folder}") as err:
+        main(["run", str(setup["image"]), "--boxes", setup["boxes"], "--models", str(models), "--out", str(out)]
+             + FAST)
+    assert "--" in str(err.value)  # and says which flag gives the file instead
+    assert not out.exists()
+
+
+def test_a_missing_file_given_by_flag_names_the_flag(setup, tmp_path):
+    from comboverse_ops.cli import main
+
+    with pytest.raises(FileNotFoundError, match="--lift3d .*nope.ckpt does not exist.*triposr"):
+        main(["run", str(setup["image"]), "--boxes", setup["boxes"], "--models", str(setup["models"]),
+              "--lift3d", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "s.glb")] + FAST)
