@@ -69,9 +69,11 @@ def make_core_mesh(vertices: torch.Tensor, faces: torch.Tensor, vertex_colors: t
     mesh_cls = None
     try:
         from comfy_api.latest import Types
-        mesh_cls = Types.MESH
+        mesh_cls = getattr(Types, "MESH", None)  # newer ComfyUI
     except ImportError:
-        try:
+        pass
+    if mesh_cls is None:
+        try:  # earlier ComfyUI keeps MESH beside its Hunyuan3D nodes
             from comfy_extras.nodes_hunyuan3d import MESH as mesh_cls
         except ImportError:
             mesh_cls = None
