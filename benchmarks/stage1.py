@@ -16,6 +16,7 @@ ids only feed an embedding lookup). Prints seconds and peak GPU memory per part:
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -70,23 +71,11 @@ def occlusion_scene(size: int):
 
 
 def build_sd(config_dir: Path, tokenizer_dir: Path, device, dtype):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from comboverse_ops.models.sd import SDCheckpointInfo, SDModel, _cast, load_clip_tokenizer
+    from tiny_models import build_sd_models
 
-    torch.manual_seed(0)
-    with torch.device(device):  # random init straight on the device: seconds, not minutes
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(config_dir), subfolder="unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(config_dir), subfolder="vae"))
-        text = CLIPTextModel(CLIPTextConfig.from_pretrained(str(config_dir / "text_encoder")))
-    # Small weights keep random activations finite in fp16 through 30 steps.
-    with torch.no_grad():
-        for m in (unet, vae, text):
-            for p in m.parameters():
-                if p.ndim > 1:
-                    p.mul_(0.5)
-    import json
+    # Random init straight on the device; small weights keep activations finite in fp16 for 30 steps.
+    unet, vae, text = build_sd_models(config_dir, 0, device=device, weight_scale=0.5)
     sched = json.loads((config_dir / "scheduler" / "scheduler_config.json").read_text())
     tok = load_clip_tokenizer([tokenizer_dir], "sd2", text.config.max_position_embeddings)
     return SDModel(_cast(unet, dtype).eval(), _cast(vae, dtype).eval(), _cast(text, dtype).eval(), tok, sched,

@@ -109,21 +109,29 @@ def write_config_dir(folder: Path, configs: dict[str, dict]) -> Path:
     return folder
 
 
-def build_sd_models(config_dir: Path, seed: int = 0):
-    """Randomly initialised (seeded) diffusers UNet, VAE and CLIPTextModel from a config folder."""
+def build_sd_models(config_dir: Path, seed: int = 0, *, device="cpu", weight_scale: float | None = None):
+    """Randomly initialised (seeded) diffusers UNet, VAE and CLIPTextModel from a config folder.
+
+    By default every tensor is perturbed, so a weight loaded into the wrong place changes outputs
+    (tests). ``weight_scale`` instead shrinks the matrices, which keeps full-size random models'
+    activations finite in fp16 through many denoising steps (benchmarks). ``device``: where the
+    modules are initialised (full-size models initialise in seconds on a GPU, minutes on a CPU).
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(config_dir), subfolder="unet"))
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(config_dir), subfolder="vae"))
-    text = CLIPTextModel(CLIPTextConfig.from_pretrained(str(config_dir / "text_encoder")))
-    # Random init leaves some tensors at exactly zero or one (norms, zero-initialised outputs); perturb all so
-    # a weight loaded into the wrong place changes outputs.
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(config_dir), subfolder="unet"))
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(config_dir), subfolder="vae"))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(str(config_dir / "text_encoder")))
     with torch.no_grad():
         for m in (unet, vae, text):
             for p in m.parameters():
-                p.add_(torch.randn_like(p) * 0.05)
+                if weight_scale is None:
+                    p.add_(torch.randn_like(p) * 0.05)
+                elif p.ndim > 1:
+                    p.mul_(weight_scale)
     return unet.eval(), vae.eval(), text.eval()
 
 
