@@ -84,6 +84,27 @@ def test_gradients_reach_every_pose_parameter_and_never_the_model(model, observe
     assert all(p.grad is None and not p.requires_grad for p in model.modules().parameters())
 
 
+def test_encoding_the_views_in_chunks_gives_the_one_batch_loss_and_gradients(model, observed):
+    """The memory saving (VAE activations of a few views at a time) changes no number."""
+    start, _, _ = observed
+
+    def step(chunk):
+        poses = [Pose(p.scale.clone().requires_grad_(), p.rotation.clone().requires_grad_(),
+                      p.translation.clone().requires_grad_()) for p in start.poses]
+        loss = SSDSGuidance(model, SSDSSettings(**(FAST | {"views": 5, "encode_chunk": chunk})))(
+            start.with_poses(poses), 0)["ssds"]
+        loss.backward()
+        return loss.detach(), torch.cat([torch.cat([p.scale.grad, p.rotation.grad, p.translation.grad])
+                                         for p in poses])
+
+    whole, g_whole = step(0)
+    for chunk in (1, 2):
+        loss, g = step(chunk)
+        assert torch.allclose(loss, whole, rtol=1e-4), (chunk, loss, whole)
+        assert torch.allclose(g, g_whole, rtol=1e-3, atol=1e-6 * g_whole.abs().max()), (chunk, g, g_whole)
+    assert g_whole.abs().sum() > 0
+
+
 def test_plain_sds_is_the_same_step_without_reweighting(model, observed):
     start, _, _ = observed
     ssds = SSDSGuidance(model, SSDSSettings(**FAST))(start, 0)["ssds"]
