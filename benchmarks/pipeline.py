@@ -1,0 +1,390 @@
+"""Whole-pipeline speed and memory: ``comboverse run`` on a 3-object image, full-size random weights.
+
+    python benchmarks/pipeline.py                    # GPU, every model full size, written in its real format
+    python benchmarks/pipeline.py --ssds-views 4     # a setting of the run (any PipelineSettings field below)
+    python benchmarks/pipeline.py --no-guidance --no-depth
+    python benchmarks/pipeline.py --tiny             # CPU smoke test: the tests' tiny models, same formats
+
+What it does:
+
+1. Writes a models folder the way a user has it, with random weights at the released sizes
+   (nothing is downloaded): ``sams/sam_vit_h_4b8939.pth`` (torch.save state dict, fp32),
+   ``checkpoints/512-inpainting-ema.safetensors`` (SD-2-inpainting, original single-file layout,
+   fp32), ``checkpoints/v1-5-pruned-emaonly.safetensors`` (SD 1.5, the guidance model),
+   ``triposr/model.ckpt`` (TripoSR, released architecture), ``depth_anything/Depth-Anything-V2-Large-hf/``
+   (transformers save_pretrained) and a CLIP BPE tokenizer in ``clip_tokenizer/``.
+2. Runs :func:`comboverse_ops.pipeline.run_pipeline` (what ``comboverse run`` calls) on a
+   768x768 picture of three objects, one partly hidden by another, with the boxes, a prompt and
+   default settings: SAM vit_h, SD-2 inpainting 30 steps, TripoSR 256^3, Depth Anything V2
+   Large, 200 refine steps with SSDS (SD 1.5, 10 views) and the physics terms, export.
+   Twice in one process: ``cold`` (first run: models read from disk, CUDA kernels warmed up)
+   and ``warm`` (the models are in the shared cache, offloaded to CPU memory between stages:
+   what a second run inside ComfyUI costs).
+3. Prints seconds per stage, peak GPU memory per stage (``torch.cuda.max_memory_allocated``, and
+   ``max_memory_reserved``, which is what nvidia-smi shows of PyTorch's pool), the GPU memory
+   the models still hold after the run, and the goals (<= 60 s, <= 12 GB).
+
+Random weights compute exactly what trained ones do, but their outputs mean nothing. Where a
+later stage's cost depends on an earlier output, the benchmark runs the network and then
+substitutes what a trained model would give: SAM's masks -> the picture's true masks (an
+ellipse in the box when re-segmenting an inpainted window), so the same object is occluded and
+inpainted; TripoSR's density -> an object-like blob (``benchmarks/lift3d.py``), so marching
+cubes, decimation to 50,000 faces and the refine renderer see object-sized meshes. The SD and
+depth outputs are used as they come (noise in, noise out: the cost is the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # tiny_models: the tests' builders for the real file formats
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from comboverse_ops.pipeline import PipelineSettings, run_pipeline  # noqa: E402
+
+GOAL_SECONDS, GOAL_GB = 60.0, 12.0
+STAGES = ("segment", "inpaint", "lift3d", "init_pose", "refine", "export")
+# run_pipeline's log line that opens each stage (the stage before it has ended by then)
+STAGE_OPENERS = {"Segment:": "segment", "Inpaint:": "inpaint", "Lift3D:": "lift3d", "InitPose:": "init_pose",
+                 "SSDSRefine:": "refine", "wrote glb": "export"}
+DEPTH_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                   out_indices=[5, 12, 18, 24], neck=[256, 512, 1024, 1024], fusion=256, reassemble=1024)
+DEPTH_SMALL = dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                   out_indices=[3, 6, 9, 12], neck=[48, 96, 192, 384], fusion=64, reassemble=384)
+
+
+def gib(n: float) -> float:
+    return n / 2**30
+
+
+def size_of(path: Path) -> float:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+# ---------------------------------------------------------------------------------------------
+# The models folder
+
+
+def write_sd(path: Path, config: str, device) -> None:
+    from safetensors.torch import save_file
+
+    from comboverse_ops.models.sd import shipped_config_dir
+    from tiny_models import build_sd_models, text_to_ldm, unet_to_ldm, vae_to_ldm
+
+    family = "sd2" if config.startswith("sd2") else "sd1"
+    # Random init on the device; shrunken matrices keep fp16 activations finite through 30 steps.
+    unet, vae, text = build_sd_models(shipped_config_dir(config), 0, device=device, weight_scale=0.5)
+    state = {**unet_to_ldm(unet), **vae_to_ldm(vae), **text_to_ldm(text, family)}
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(path))
+    del unet, vae, text, state
+
+
+def write_depth(folder: Path, dims: dict, device) -> None:
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=dims["hidden_size"], num_hidden_layers=dims["num_hidden_layers"],
+                            num_attention_heads=dims["num_attention_heads"],
+                            intermediate_size=dims["intermediate_size"], image_size=518, patch_size=14,
+                            reshape_hidden_states=False, out_indices=dims["out_indices"])
+    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=dims["reassemble"],
+                              neck_hidden_sizes=dims["neck"], fusion_hidden_size=dims["fusion"],
+                              head_hidden_size=32, patch_size=14, depth_estimation_type="relative")
+    with torch.device(device):
+        model = DepthAnythingForDepthEstimation(cfg)
+    model.save_pretrained(folder)
+    # As the -hf releases ship it: 518 short side, multiple of 14, ImageNet normalisation.
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "DPTImageProcessor", "do_resize": True, "size": {"height": 518, "width": 518},
+        "keep_aspect_ratio": True, "ensure_multiple_of": 14, "resample": 3, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225]}))
+
+
+def write_models(root: Path, tiny: bool, device, depth: str) -> dict[str, Path]:
+    """The models folder (module doc); returns the files, each timed and sized on stdout."""
+    from comboverse_ops.lift3d.config import load_triposr_config
+    from comboverse_ops.lift3d.triposr import TripoSR
+    from comboverse_ops.models.sam import SAM_ARCHITECTURES, build_sam
+    from tiny_models import save_tiny_depth_anything, save_tiny_sam, save_tiny_sd, write_tiny_tokenizer
+
+    files: dict[str, Path] = {}
+
+    def timed(name: str, path: Path, write) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        write()
+        files[name] = path
+        print(f"  wrote {path.relative_to(root)}: {gib(size_of(path)):.2f} GiB in {time.perf_counter() - t:.1f} s")
+
+    print(f"models folder {root}")
+    if tiny:
+        timed("sam", root / "sams" / "sam_tiny.pth", lambda: save_tiny_sam(root / "sams" / "sam_tiny.pth"))
+        timed("inpaint", root / "checkpoints" / "tiny-sd2-inpainting.safetensors",
+              lambda: save_tiny_sd(root / "checkpoints", "sd2", True))
+        timed("guidance", root / "checkpoints" / "tiny-sd1.safetensors",
+              lambda: save_tiny_sd(root / "checkpoints", "sd1", False))
+        files["inpaint_config"] = root / "checkpoints" / "config-sd2-inpainting"
+        files["guidance_config"] = root / "checkpoints" / "config-sd1"
+        timed("lift3d", root / "triposr" / "model.ckpt",
+              lambda: shutil.copytree(ROOT / "tests" / "data" / "triposr_tiny", root / "triposr",
+                                              dirs_exist_ok=True))
+        if depth != "none":
+            timed("depth", root / "depth_anything" / "tiny",
+                  lambda: save_tiny_depth_anything(root / "depth_anything" / "tiny"))
+        return files
+
+    torch.manual_seed(0)
+    timed("sam", root / "sams" / "sam_vit_h_4b8939.pth",
+          lambda: torch.save({k: v.cpu() for k, v in build_sam(SAM_ARCHITECTURES["vit_h"], device=device)
+                              .state_dict().items()}, root / "sams" / "sam_vit_h_4b8939.pth"))
+    timed("inpaint", root / "checkpoints" / "512-inpainting-ema.safetensors",
+          lambda: write_sd(root / "checkpoints" / "512-inpainting-ema.safetensors", "sd2-inpainting", device))
+    timed("guidance", root / "checkpoints" / "v1-5-pruned-emaonly.safetensors",
+          lambda: write_sd(root / "checkpoints" / "v1-5-pruned-emaonly.safetensors", "sd1", device))
+    # The tokenizer's merges only decide token ids; a small BPE keeps this file generator short.
+    write_tiny_tokenizer(root / "clip_tokenizer")
+
+    def triposr():
+        with torch.device(device):
+            model = TripoSR(load_triposr_config())
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, root / "triposr" / "model.ckpt")
+
+    timed("lift3d", root / "triposr" / "model.ckpt", triposr)
+    if depth != "none":
+        name = f"Depth-Anything-V2-{depth.capitalize()}-hf"
+        timed("depth", root / "depth_anything" / name,
+              lambda: write_depth(root / "depth_anything" / name, DEPTH_LARGE if depth == "large" else DEPTH_SMALL,
+                                  device))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# Substitutes for the outputs of random weights (module doc)
+
+
+def substitute_trained_outputs(true_masks: torch.Tensor, image_hw: tuple[int, int]) -> list[str]:
+    """Patch SAM's masks and TripoSR's density (after the networks ran); return what was done."""
+    import comboverse_ops.segment as segment
+    from comboverse_ops.lift3d.triposr import TripoSR
+    from lift3d import blob_density
+
+    run_sam = segment.sam_masks
+
+    def sam_masks(sam, rgb, boxes, points, settings=segment.SegmentSettings(), *, predictor=None):
+        masks, scores = run_sam(sam, rgb, boxes, points, settings, predictor=predictor)
+        if tuple(rgb.shape[:2]) == image_hw:  # the picture: its true masks, matched by box
+            from comboverse_ops.layout import boxes_from_masks
+
+            true_boxes = boxes_from_masks(true_masks)
+            pick = torch.cdist(boxes.float(), true_boxes.float()).argmin(1)
+            return true_masks[pick].bool(), scores
+        h, w = rgb.shape[:2]  # an inpainted window: the ellipse inscribed in the box
+        yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        out = []
+        for x0, y0, x1, y1 in boxes.tolist():
+            cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, max((x1 - x0) / 2, 1), max((y1 - y0) / 2, 1)
+            out.append(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1)
+        return torch.stack(out), scores
+
+    segment.sam_masks = sam_masks
+    run_query = TripoSR.query
+
+    def query(self, triplane, points):
+        out = run_query(self, triplane, points)
+        out["density"] = blob_density(points.float()).to(out["density"])
+        return out
+
+    TripoSR.query = query
+    return ["SAM masks -> the picture's true masks (inpainted windows: the ellipse in the box)",
+            "TripoSR density -> an object-like blob (benchmarks/lift3d.py)"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The picture
+
+
+def three_objects(size: int):
+    """A red box partly behind a blue one, a green one on the right: ``(image, boxes, masks, prompt)``."""
+    image = torch.full((size, size, 3), 0.93)
+    s = size / 100
+    yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+
+    def rect(x0, y0, x1, y1):
+        return (xx >= x0 * s) & (xx < x1 * s) & (yy >= y0 * s) & (yy < y1 * s)
+
+    red, blue = rect(12, 22, 46, 58), rect(32, 38, 66, 80)
+    green = ((xx / s - 82) / 12) ** 2 + ((yy / s - 66) / 16) ** 2 <= 1
+    for m, c in ((red, (0.85, 0.15, 0.12)), (blue, (0.15, 0.25, 0.85)), (green, (0.15, 0.7, 0.25))):
+        image[m] = torch.tensor(c)
+    masks = torch.stack([red & ~blue, blue, green])
+    boxes = [[12 * s, 22 * s, 46 * s, 58 * s], [32 * s, 38 * s, 66 * s, 80 * s], [70 * s, 50 * s, 94 * s, 82 * s]]
+    prompt = "a red box behind a blue box, a green ball (next to) the blue box"
+    return image, boxes, masks, prompt
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+
+class StageMemory:
+    """Peak GPU memory per stage, from run_pipeline's log lines (each opens a stage)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.stage, self.peaks = device, None, {}
+
+    def close(self):
+        if self.stage is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peaks[self.stage] = (torch.cuda.max_memory_allocated(self.device),
+                                      torch.cuda.max_memory_reserved(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def log(self, line: str) -> None:
+        for opener, stage in STAGE_OPENERS.items():
+            if line.startswith(opener) and stage != self.stage and stage not in self.peaks:
+                self.close()
+                self.stage = stage
+        print("   ", line)
+
+
+def run_once(label: str, image_path: Path, boxes, out: Path, settings: PipelineSettings, device) -> dict:
+    mem = StageMemory(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    print(f"[{label}]")
+    report = run_pipeline(image_path, boxes, out, settings, log=mem.log)
+    mem.close()
+    held = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    return {"label": label, "seconds": report["seconds"], "peaks": mem.peaks, "held": held,
+            "faces": [o["faces"] for o in report["objects"]], "inpainted": [o["inpainted"] for o in report["objects"]],
+            "losses": report["losses"]}
+
+
+def print_table(runs: list[dict], device) -> None:
+    cuda = device.type == "cuda"
+    head = f"{'stage':<10}" + "".join(f" | {r['label'][:9]:>9} s" + (" | alloc GiB | pool GiB" if cuda else "")
+                                      for r in runs)
+    print(head)
+    print("-" * len(head))
+    for st in (*STAGES, "total"):
+        row = f"{st:<10}"
+        for r in runs:
+            row += f" | {r['seconds'].get(st, float('nan')):11.2f}"
+            if cuda:
+                if st == "total":
+                    a = max((p[0] for p in r["peaks"].values()), default=0)
+                    p = max((p[1] for p in r["peaks"].values()), default=0)
+                else:
+                    a, p = r["peaks"].get(st, (float("nan"), float("nan")))
+                row += f" | {gib(a):9.2f} | {gib(p):8.2f}"
+        print(row)
+    for r in runs:
+        t = r["seconds"]["total"]
+        line = f"{r['label']}: total {t:.1f} s ({t / GOAL_SECONDS:.2f}x the {GOAL_SECONDS:.0f} s goal)"
+        if cuda:
+            peak = max((p[0] for p in r["peaks"].values()), default=0)
+            line += (f", peak {gib(peak):.2f} GiB ({gib(peak) / (GOAL_GB * 1e9 / 2**30):.2f}x the {GOAL_GB:.0f} GB "
+                     f"goal), models still on the GPU after the run: {gib(r['held']):.2f} GiB")
+        print(line)
+    print(f"faces per object: {runs[0]['faces']}; inpainted: {runs[0]['inpainted']}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="the tests' tiny models on the CPU (smoke test)")
+    ap.add_argument("--device", default=None, help="default: cuda when available (never with --tiny), else cpu")
+    ap.add_argument("--depth", default="large", choices=["large", "small", "none"],
+                    help="Depth Anything V2 size for InitPose (none: the same-depth start)")
+    ap.add_argument("--no-guidance", action="store_true", help="refine without SSDS (reference view + physics)")
+    ap.add_argument("--runs", type=int, default=2, help="pipeline runs in one process (1st cold, then warm)")
+    ap.add_argument("--models", type=Path, default=None, help="models folder to write into (default: a temp dir)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    ap.add_argument("--also", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
+                    help="one more (warm) run with these settings changed, e.g. --also ssds_views=4; repeatable")
+    for f in fields(PipelineSettings):  # every numeric setting of the run, e.g. --ssds-views 4
+        if f.type in ("int", "float"):
+            ap.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float, default=None)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    import diffusers
+    import transformers
+    print(f"device {name}; torch {torch.__version__}, diffusers {diffusers.__version__}, "
+          f"transformers {transformers.__version__}; {'tiny' if args.tiny else 'full-size random'} models")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.models or Path(tmp) / "models"
+        t = time.perf_counter()
+        files = write_models(root, args.tiny, device, args.depth)
+        print(f"  models written in {time.perf_counter() - t:.1f} s")
+        size = 128 if args.tiny else 768
+        image, boxes, masks, prompt = three_objects(size)
+        from comboverse_ops.atomic import save_png_atomic
+        image_path = save_png_atomic(Path(tmp) / "three_objects.png", image)
+        notes = substitute_trained_outputs(masks, (size, size))
+        overrides = {f.name: getattr(args, f.name) for f in fields(PipelineSettings)
+                     if f.type in ("int", "float") and getattr(args, f.name) is not None}
+        settings = PipelineSettings(models_dir=str(root), device=str(device), prompt=prompt,
+                                    inpaint=str(files["inpaint"]), inpaint_config=_str(files.get("inpaint_config")),
+                                    guidance=None if args.no_guidance else str(files["guidance"]),
+                                    guidance_config=_str(files.get("guidance_config")),
+                                    depth=_str(files.get("depth")), phrases="a red box; a blue box; a green ball")
+        if args.tiny:  # small enough for 2 CPU cores in seconds
+            settings = replace(settings, inpaint_steps=2, inpaint_resolution=64, mc_resolution=32, refine_steps=3,
+                               refine_resolution=32, ssds_views=2, ssds_resolution=32, preview_size=64)
+        settings = replace(settings, **overrides)
+        print("settings: " + ", ".join(f"{k}={getattr(settings, k)}" for k in (
+            "inpaint_steps", "inpaint_resolution", "mc_resolution", "max_faces", "refine_steps",
+            "refine_resolution", "ssds_views", "ssds_resolution")) + f", depth={args.depth}, "
+              f"guidance={'off' if args.no_guidance else 'SD 1.5'}")
+        runs = [run_once("cold" if i == 0 else f"warm{'' if args.runs == 2 else i}", image_path, boxes,
+                         Path(tmp) / f"run{i}" / "scene.glb", settings, device) for i in range(args.runs)]
+        for k, spec in enumerate(args.also):
+            changed = parse_also(spec)
+            runs.append(run_once(",".join(f"{a}={b}" for a, b in changed.items()), image_path, boxes,
+                                 Path(tmp) / f"also{k}" / "scene.glb", replace(settings, **changed), device))
+    print()
+    print_table(runs, device)
+    for n in notes:
+        print("substituted:", n)
+    if args.json:
+        args.json.write_text(json.dumps({"device": name, "settings": {k: str(v) for k, v in settings.__dict__.items()},
+                                         "runs": runs}, indent=1, default=str))
+    return 0
+
+
+def parse_also(spec: str) -> dict:
+    """``"ssds_views=4,refine_steps=100"`` -> typed PipelineSettings changes."""
+    types = {f.name: f.type for f in fields(PipelineSettings)}
+    out = {}
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in types:
+            raise SystemExit(f"--also: {key!r} is not a PipelineSettings field; expected one of {sorted(types)}")
+        out[key] = int(value) if types[key] == "int" else float(value) if types[key] == "float" else value
+    return out
+
+
+def _str(p: Path | None) -> str | None:
+    return None if p is None else str(p)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
