@@ -1,0 +1,430 @@
+// Opens every example workflow in ComfyUI's real frontend (headless Chromium) and writes what
+// only the frontend can make:
+//
+//   workflows/<name>.json              the graph as the frontend saves it (app.graph.serialize(),
+//                                      without a saved view: ComfyUI then fits the view on open)
+//   workflows/api/<name>.json          API format, from the frontend's own app.graphToPrompt()
+//   workflows/<name>.jpg               template-browser thumbnail (512 x 512 JPEG)
+//   docs/screenshots/<name>.jpg        README screenshot (1400 px wide JPEG, every node in view)
+//
+// Edit a workflow (by hand, or in ComfyUI and save it over workflows/<name>.json), then rerun this.
+//
+// and checks on the way that ComfyUI's template browser lists the pack's workflows
+// (GET /workflow_templates), serves them and their thumbnails (/api/workflow_templates/<pack>/...),
+// and that each one loads with no missing node type, no dialog, no warning toast, no page error,
+// and re-serialises to the same nodes, widget values and links as the file.
+//
+// It starts the ComfyUI you name headless on the CPU with a temporary --base-directory whose
+// custom_nodes/ holds a link to this repo (the checkout is left as it is), and stops it at the end.
+//
+// Once (outside the repo; Debian's chromium and playwright-core from npm):
+//
+//   apt-get install -y chromium
+//   npm install --prefix /tmp/shots playwright-core
+//
+// Then, from the repo root:
+//
+//   node tools/workflow_screenshots.mjs --comfyui /path/to/ComfyUI --playwright /tmp/shots/node_modules
+//
+// Options:
+//   --python PY       the Python that runs ComfyUI (default: python3); it must import this pack's deps
+//   --chromium PATH   the browser (default: /usr/bin/chromium)
+//   --only NAME       one workflow (repeatable)
+//   --check           write nothing: fail if workflows/<name>.json or workflows/api/<name>.json is not
+//                     what the frontend saves / converts (CI-style check after editing a workflow)
+//   --keep            keep the temporary base directory (server.log, settings) for debugging
+//
+// Exit status 0 when every check passed; otherwise the problems are printed and it exits 1.
+
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync, openSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { isDeepStrictEqual } from 'node:util';
+
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const PACK = 'ComfyUI-ComboVerse'; // the folder name users clone into custom_nodes/ (README)
+const SCREENSHOT_WIDTH = 1400;
+const THUMB_SIZE = 512;
+const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+// Server-side user settings of the temporary base directory: no first-run template dialog, no
+// minimap or canvas menu over the graph, workflow tabs in the sidebar (hidden in focus mode),
+// and full-detail node drawing at any zoom.
+const SETTINGS = {
+  'Comfy.TutorialCompleted': true,
+  'Comfy.Minimap.Visible': false,
+  'Comfy.Graph.CanvasMenu': false,
+  'Comfy.Graph.CanvasInfo': false,
+  'Comfy.Workflow.WorkflowTabsPosition': 'Sidebar',
+  'LiteGraph.Canvas.MinFontSizeForLOD': 0,
+};
+
+function parseArgs(argv) {
+  const args = { comfyui: process.env.COMFYUI_DIR, python: 'python3', chromium: '/usr/bin/chromium',
+    playwright: process.env.PLAYWRIGHT_CORE_DIR, only: [], check: false, keep: false };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) throw new Error(`${a} needs a value`);
+      return argv[++i];
+    };
+    if (a === '--comfyui') args.comfyui = value();
+    else if (a === '--python') args.python = value();
+    else if (a === '--chromium') args.chromium = value();
+    else if (a === '--playwright') args.playwright = value();
+    else if (a === '--only') args.only.push(value());
+    else if (a === '--check') args.check = true;
+    else if (a === '--keep') args.keep = true;
+    else throw new Error(`unknown argument ${a}; see the comment at the top of this file`);
+  }
+  if (!args.comfyui) throw new Error('--comfyui /path/to/ComfyUI (or COMFYUI_DIR) is required');
+  return args;
+}
+
+function loadPlaywright(dir) {
+  // playwright-core lives outside the repo (see the top of this file), so resolve it from there.
+  const from = dir ? join(resolve(dir), '..', 'noop.js') : join(REPO, 'noop.js');
+  try {
+    return createRequire(from)('playwright-core');
+  } catch (err) {
+    throw new Error(`playwright-core not found from ${dirname(from)}: ${err.message}\n` +
+      'install it with `npm install --prefix /tmp/shots playwright-core` and pass ' +
+      '--playwright /tmp/shots/node_modules');
+  }
+}
+
+function freePort() {
+  return new Promise((ok, fail) => {
+    const srv = createServer();
+    srv.on('error', fail);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => ok(port));
+    });
+  });
+}
+
+const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
+
+function graphWorkflowNames() {
+  return readdirSync(join(REPO, 'workflows')).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)).sort();
+}
+
+function prepareBaseDirectory(python) {
+  const base = mkdtempSync(join(tmpdir(), 'comboverse-shots-'));
+  mkdirSync(join(base, 'custom_nodes'));
+  symlinkSync(REPO, join(base, 'custom_nodes', PACK), 'dir');
+  mkdirSync(join(base, 'user', 'default'), { recursive: true });
+  writeFileSync(join(base, 'user', 'default', 'comfy.settings.json'), JSON.stringify(SETTINGS, null, 2));
+  // The picture the workflows' Load Image names: the pack's own procedural scene, so the
+  // screenshots show a real multi-object input instead of a missing file.
+  mkdirSync(join(base, 'input'));
+  const made = spawnSync(python, ['-c', [
+    'import sys; sys.path.insert(0, sys.argv[1])',
+    'from comboverse_ops.atomic import save_png_atomic',
+    'from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene',
+    's = make_procedural_scene(0, ProceduralSettings(min_objects=3, max_objects=3, image_size=384))',
+    'save_png_atomic(sys.argv[2], s.observe().image)',
+  ].join('\n'), REPO, join(base, 'input', 'example.png')], { encoding: 'utf8' });
+  if (made.status !== 0) throw new Error(`could not write the example picture:\n${made.stderr}`);
+  return base;
+}
+
+async function startComfyUI(args, base) {
+  const port = await freePort();
+  const log = openSync(join(base, 'server.log'), 'w');
+  const proc = spawn(args.python, ['main.py', '--cpu', '--listen', '127.0.0.1', '--port', String(port),
+    '--base-directory', base, '--disable-auto-launch', '--database-url', 'sqlite:///:memory:'],
+  { cwd: args.comfyui, stdio: ['ignore', log, log] });
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 240; i++) {
+    if (proc.exitCode !== null) {
+      throw new Error(`ComfyUI exited:\n${readFileSync(join(base, 'server.log'), 'utf8').slice(-3000)}`);
+    }
+    try {
+      const res = await fetch(`${url}/object_info/ComboVerseExportMesh`);
+      if (res.ok) return { proc, url };
+    } catch {
+      // not listening yet
+    }
+    await sleep(1000);
+  }
+  proc.kill();
+  throw new Error(`ComfyUI did not come up:\n${readFileSync(join(base, 'server.log'), 'utf8').slice(-3000)}`);
+}
+
+async function checkTemplateListing(url, names, problems, { thumbnails }) {
+  const listing = await (await fetch(`${url}/workflow_templates`)).json();
+  const listed = [...(listing[PACK] || [])].sort();
+  if (!isDeepStrictEqual(listed, names)) {
+    problems.push(`/workflow_templates lists ${JSON.stringify(listed)} for ${PACK}, expected ${JSON.stringify(names)}`);
+  }
+  for (const name of names) {
+    for (const ext of thumbnails ? ['json', 'jpg'] : ['json']) {
+      const res = await fetch(`${url}/api/workflow_templates/${PACK}/${name}.${ext}`);
+      if (res.status !== 200) problems.push(`/api/workflow_templates/${PACK}/${name}.${ext}: HTTP ${res.status}`);
+      else if (ext === 'jpg') {
+        const body = Buffer.from(await res.arrayBuffer());
+        if (!body.equals(readFileSync(join(REPO, 'workflows', `${name}.jpg`)))) {
+          problems.push(`/api/workflow_templates/${PACK}/${name}.jpg is not workflows/${name}.jpg`);
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// In the page
+
+async function openApp(page, url) {
+  await page.goto(url);
+  await page.waitForFunction(() => window.app?.graph && window.app?.canvas && window.LiteGraph
+    && 'ComboVerseSegment' in window.LiteGraph.registered_node_types && window.app.extensionManager?.command,
+  null, { timeout: 180000 });
+  await page.evaluate(() => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode'));
+  // Focus mode still shows the menu button in the top-right corner: not part of the graph.
+  await page.addStyleTag({ content: '.comfy-menu-hamburger { display: none !important; }' });
+  await page.waitForTimeout(500);
+}
+
+/** Load one workflow as the template browser does; return what the frontend made of it. */
+async function loadWorkflow(page, workflow, name) {
+  return page.evaluate(async ({ workflow, name }) => {
+    const { app, LiteGraph } = window;
+    const missing = workflow.nodes.map((n) => n.type).filter((t) => !(t in LiteGraph.registered_node_types));
+    await app.loadGraphData(workflow, true, true, name);
+    await new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok)));
+    const visible = (el) => el.offsetParent !== null;
+    const dialogs = [...document.querySelectorAll('.p-dialog')].filter(visible).map((d) => d.innerText.slice(0, 300));
+    const toasts = [...document.querySelectorAll('.p-toast-message')].map((t) => t.innerText.slice(0, 300));
+    const graph = app.graph.serialize();
+    const { output } = await app.graphToPrompt();
+    return { missing, dialogs, toasts, graph, output };
+  }, { workflow, name });
+}
+
+/** Frame every node (title bars included) with `margin` CSS pixels to spare; return the bounds. */
+async function fitView(page, margin) {
+  return page.evaluate(async (margin) => {
+    const { app } = window;
+    let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
+    for (const node of app.graph.nodes) {
+      const [x, y, w, h] = node.boundingRect;
+      x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + w); y1 = Math.max(y1, y + h);
+    }
+    const ds = app.canvas.ds;
+    const cw = app.canvas.canvas.width / window.devicePixelRatio;
+    const ch = app.canvas.canvas.height / window.devicePixelRatio;
+    const scale = Math.min((cw - 2 * margin) / (x1 - x0), (ch - 2 * margin) / (y1 - y0));
+    ds.scale = scale;
+    ds.offset = [(cw / scale - (x1 - x0)) / 2 - x0, (ch / scale - (y1 - y0)) / 2 - y0];
+    app.canvas.setDirty(true, true);
+    await new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok)));
+    // Preview 3D sizes its viewer only when its node is resized (else it keeps the size it had
+    // when created, drawn into a corner).
+    for (const node of app.graph.nodes) node.onResize?.(node.size);
+    return { width: x1 - x0, height: y1 - y0, scale };
+  }, margin);
+}
+
+async function encodeJpeg(page, png, width, height, quality) {
+  const b64 = await page.evaluate(async ({ src, width, height, quality }) => {
+    const img = new Image();
+    img.src = `data:image/png;base64,${src}`;
+    await img.decode();
+    const canvas = document.createElement('canvas');
+    canvas.width = width;
+    canvas.height = height;
+    const ctx = canvas.getContext('2d');
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = 'high';
+    ctx.drawImage(img, 0, 0, width, height);
+    return canvas.toDataURL('image/jpeg', quality).split(',')[1];
+  }, { src: png.toString('base64'), width, height, quality });
+  return Buffer.from(b64, 'base64');
+}
+
+async function settle(page) {
+  // DOM widgets (text areas, the 3D viewer) follow the canvas on the next frames.
+  await page.waitForTimeout(400);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparing the frontend's serialisation with the file
+
+/** The graph as the frontend saves it, without the saved view: a template opened without one is
+ * fitted to the window by the frontend. */
+function savedGraph(graph) {
+  const out = structuredClone(graph);
+  if (out.extra) delete out.extra.ds;
+  return out;
+}
+
+/** Links as (source node, output name) -> (target node, input name, type): slot numbers may
+ * change when the frontend lists a node's sockets in its own order, connections may not. */
+function namedLinks(workflow) {
+  const byId = new Map(workflow.nodes.map((n) => [n.id, n]));
+  return workflow.links.map(([, src, srcSlot, dst, dstSlot, type]) => JSON.stringify([
+    src, byId.get(src)?.outputs?.[srcSlot]?.name, dst, byId.get(dst)?.inputs?.[dstSlot]?.name, type])).sort();
+}
+
+function compareWithFile(name, file, graph, problems, notes) {
+  const byId = new Map(graph.nodes.map((n) => [n.id, n]));
+  for (const node of file.nodes) {
+    const got = byId.get(node.id);
+    const where = `${name} node ${node.id} (${node.type})`;
+    if (!got) { problems.push(`${where}: gone after loading`); continue; }
+    if (got.type !== node.type) problems.push(`${where}: loaded as ${got.type}`);
+    const want = node.widgets_values ?? [];
+    const have = got.widgets_values ?? [];
+    // The frontend may append widgets of its own (Preview3D's viewer); it must keep the file's values.
+    if (!isDeepStrictEqual(have.slice(0, want.length), want)) {
+      problems.push(`${where}: the frontend's widget values ${JSON.stringify(have)} ` +
+        `differ from the file's ${JSON.stringify(want)}`);
+    } else if (have.length !== want.length) {
+      notes.push(`${where}: the frontend adds widget values ${JSON.stringify(have.slice(want.length))}`);
+    }
+  }
+  if (graph.nodes.length !== file.nodes.length) problems.push(`${name}: ${graph.nodes.length} nodes after loading`);
+  if (!isDeepStrictEqual(namedLinks(graph), namedLinks(file))) {
+    problems.push(`${name}: the connections after loading differ from the file's`);
+  }
+}
+
+function overlaps(name, graph, problems) {
+  // Nodes drawn over each other hide sockets and widgets; title bars (30 px) sit above pos.
+  const rects = graph.nodes.map((n) => ({ id: n.id, x: n.pos[0], y: n.pos[1] - 30, w: n.size[0], h: n.size[1] + 30 }));
+  for (let i = 0; i < rects.length; i++) {
+    for (let j = i + 1; j < rects.length; j++) {
+      const a = rects[i]; const b = rects[j];
+      if (a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h) {
+        problems.push(`${name}: nodes ${a.id} and ${b.id} overlap`);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  const args = parseArgs(process.argv.slice(2));
+  const { chromium } = loadPlaywright(args.playwright);
+  const names = graphWorkflowNames();
+  const selected = args.only.length ? args.only : names;
+  for (const name of selected) if (!names.includes(name)) throw new Error(`no workflows/${name}.json`);
+  const problems = [];
+  const notes = [];
+  const base = prepareBaseDirectory(args.python);
+  let server = null;
+  let browser = null;
+  try {
+    server = await startComfyUI(args, base);
+    const { url } = server;
+    console.log(`ComfyUI at ${url} (base directory ${base})`);
+    await checkTemplateListing(url, names, problems, { thumbnails: false });
+
+    browser = await chromium.launch({ executablePath: args.chromium, headless: true, args: CHROMIUM_FLAGS });
+    const context = await browser.newContext({ viewport: { width: SCREENSHOT_WIDTH, height: 900 } });
+    await context.route((u) => !u.href.startsWith(url), (route) => route.abort()); // nothing leaves this machine
+    const page = await context.newPage();
+    let current = null; // the workflow being loaded, to attribute errors
+    const startupErrors = [];
+    page.on('pageerror', (err) => (current ? problems.push(`${current}: page error ${err.message}`)
+      : startupErrors.push(err.message)));
+    page.on('console', (msg) => {
+      if (current && msg.type() === 'error' && !msg.text().startsWith('Failed to load resource')) {
+        problems.push(`${current}: console error ${msg.text().slice(0, 300)}`);
+      }
+    });
+    page.on('response', (res) => {
+      if (current && res.status() >= 400) problems.push(`${current}: HTTP ${res.status()} ${res.url()}`);
+    });
+    await openApp(page, url);
+    for (const err of startupErrors) console.log(`note: the frontend logged at startup (before any workflow): ${err}`);
+
+    mkdirSync(join(REPO, 'workflows', 'api'), { recursive: true });
+    mkdirSync(join(REPO, 'docs', 'screenshots'), { recursive: true });
+    for (const name of selected) {
+      const file = JSON.parse(readFileSync(join(REPO, 'workflows', `${name}.json`), 'utf8'));
+      // What the template browser fetches when a user picks the template.
+      const served = await (await fetch(`${url}/api/workflow_templates/${PACK}/${name}.json`)).json();
+      if (!isDeepStrictEqual(served, file)) problems.push(`${name}: the served template is not workflows/${name}.json`);
+
+      current = name;
+      await page.setViewportSize({ width: SCREENSHOT_WIDTH, height: 900 });
+      const loaded = await loadWorkflow(page, served, name);
+      if (loaded.missing.length) problems.push(`${name}: missing node types ${loaded.missing.join(', ')}`);
+      for (const d of loaded.dialogs) problems.push(`${name}: dialog after loading: ${d}`);
+      for (const t of loaded.toasts) problems.push(`${name}: toast after loading: ${t}`);
+      compareWithFile(name, file, loaded.graph, problems, notes);
+      overlaps(name, loaded.graph, problems);
+
+      // The graph as the frontend saves it, and the API format from its own graphToPrompt().
+      const outputs = [[join(REPO, 'workflows', `${name}.json`), savedGraph(loaded.graph), 'saves'],
+        [join(REPO, 'workflows', 'api', `${name}.json`), loaded.output, 'makes with graphToPrompt()']];
+      for (const [path, data, how] of outputs) {
+        const text = `${JSON.stringify(data, null, 2)}\n`;
+        if (args.check) {
+          let old = null;
+          try { old = readFileSync(path, 'utf8'); } catch { /* missing */ }
+          if (old !== text) problems.push(`${path.slice(REPO.length + 1)} is not what the frontend ${how}`);
+        } else {
+          writeFileSync(path, text);
+        }
+      }
+
+      // README screenshot: 1400 px wide, as tall as the graph's shape needs.
+      let bounds = await fitView(page, 24);
+      const height = Math.max(500, Math.min(1600, Math.round(
+        (SCREENSHOT_WIDTH - 48) * bounds.height / bounds.width + 48)));
+      await page.setViewportSize({ width: SCREENSHOT_WIDTH, height });
+      await settle(page);
+      bounds = await fitView(page, 24);
+      await settle(page);
+      const shot = await page.screenshot({ type: 'png' });
+      const readme = await encodeJpeg(page, shot, SCREENSHOT_WIDTH, height, 0.85);
+
+      // Template thumbnail: square, like the template browser's cards.
+      await page.setViewportSize({ width: 2 * THUMB_SIZE, height: 2 * THUMB_SIZE });
+      await settle(page);
+      await fitView(page, 24);
+      await settle(page);
+      const thumb = await encodeJpeg(page, await page.screenshot({ type: 'png' }), THUMB_SIZE, THUMB_SIZE, 0.85);
+      current = null;
+
+      console.log(`${name}: ${loaded.graph.nodes.length} nodes, ${Object.keys(loaded.output).length} in the API ` +
+        `prompt; screenshot ${SCREENSHOT_WIDTH}x${height} at zoom ${bounds.scale.toFixed(2)} ` +
+        `(${(readme.length / 1024).toFixed(0)} KB), thumbnail ${(thumb.length / 1024).toFixed(0)} KB`);
+      if (!args.check) {
+        writeFileSync(join(REPO, 'docs', 'screenshots', `${name}.jpg`), readme);
+        writeFileSync(join(REPO, 'workflows', `${name}.jpg`), thumb);
+      }
+    }
+    await checkTemplateListing(url, names, problems, { thumbnails: true });
+  } finally {
+    if (browser) await browser.close();
+    if (server) {
+      server.proc.kill('SIGTERM');
+      await Promise.race([new Promise((ok) => server.proc.once('exit', ok)), sleep(20000)]);
+      if (server.proc.exitCode === null) server.proc.kill('SIGKILL');
+    }
+    if (!args.keep) rmSync(base, { recursive: true, force: true });
+    else console.log(`kept ${base}`);
+  }
+  for (const n of notes) console.log(`note: ${n}`);
+  if (problems.length) {
+    console.log(`\n${problems.length} problem(s):`);
+    for (const p of problems) console.log(`- ${p}`);
+    process.exit(1);
+  }
+  console.log('all workflows load cleanly');
+}
+
+main().catch((err) => {
+  console.error(err.stack || String(err));
+  process.exit(2);
+});
