@@ -1,8 +1,12 @@
-"""The example workflows: every graph is wired the way the nodes declare, and the API-format
-layout-only workflow runs headless (no model files) and writes a GLB with one node per object.
+"""The example workflows: every graph and its API form are wired the way the nodes declare, the
+API form is the graph's conversion, and the layout-only workflow runs headless (no model files)
+and writes a GLB with one node per object.
 
-Graph (UI) format files live in ``example_workflows/`` (ComfyUI's template browser scans
-``custom_nodes/<pack>/example_workflows/*.json``); API-format files live in ``workflows/``.
+``workflows/<name>.json`` is the graph (UI) format as ComfyUI's frontend saves it, with a
+thumbnail ``workflows/<name>.jpg``: ComfyUI's template browser lists ``custom_nodes/<pack>/workflows/*.json``
+and loads ``<name>.jpg`` next to it. ``workflows/api/<name>.json`` is the same workflow in API format
+(the frontend's ``graphToPrompt()`` output), in a subfolder so the template browser does not list it.
+Both are written by ``tools/workflow_screenshots.mjs`` from the real frontend.
 """
 
 from __future__ import annotations
@@ -16,10 +20,15 @@ import torch
 
 from conftest import ROOT
 
-GRAPH_DIR = ROOT / "example_workflows"
-API_DIR = ROOT / "workflows"
+GRAPH_DIR = ROOT / "workflows"
+API_DIR = GRAPH_DIR / "api"
+SCREENSHOT_DIR = ROOT / "docs" / "screenshots"
 GRAPH_FILES = sorted(GRAPH_DIR.glob("*.json"))
 API_FILES = sorted(API_DIR.glob("*.json"))
+EXPECTED = {"full_pipeline", "external_3d", "external_inpainting", "layout_only", "layout_from_meshes"}
+# ComfyUI serves only the first of these folders that exists (app/custom_node_manager.py): any
+# other one in the repo would hide workflows/ from the template browser.
+TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FILES = "<files>"  # a combo whose options are a file list: any string is accepted
@@ -28,23 +37,30 @@ SEED_CONTROL = {"fixed", "increment", "decrement", "randomize"}
 _SAMPLERS = ["euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
              "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
              "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
-             "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep",
-             "gradient_estimation", "er_sde", "seeds_2", "seeds_3", "ddim", "uni_pc", "uni_pc_bh2"]
+             "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm",
+             "ipndm", "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+             "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde",
+             "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2"]
 _SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
                "linear_quadratic", "kl_optimal"]
 
-# The core nodes the workflows use, as of ComfyUI v0.3.x (2025: nodes.py, comfy_extras/nodes_load_3d.py),
+# The core nodes the workflows use, as ComfyUI 0.3.64 (frontend 1.27.10) lists them in /object_info,
 # written in INPUT_TYPES form: {"required": {...}, "optional": {...}}, plus outputs as (name, type).
+# tests/test_comfyui_real.py checks this table against a running ComfyUI's /object_info.
+# "frontend_widgets": widgets the frontend adds after the declared ones (they appear in the graph's
+# inputs and widgets_values; "api": whether graphToPrompt() sends their value, which the server ignores).
 # "Note" is a frontend-only node (never sent to the server): one multiline text widget, no sockets.
 CORE_NODES = {
     "LoadImage": {
         "inputs": {"required": {"image": (FILES, {"image_upload": True})}},
         "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")],
+        "frontend_widgets": [("upload", "IMAGEUPLOAD", False)],
     },
-    "Preview3D": {  # newer copies: model_file also takes a FILE_3D; older copies have optional camera_info
-        "inputs": {"required": {"model_file": ("STRING", {"default": ""})},
+    "Preview3D": {  # bg_image: ComfyUI after 0.3.64 (2026); model_file there also takes a FILE_3D
+        "inputs": {"required": {"model_file": ("STRING", {"default": "", "multiline": False})},
                    "optional": {"camera_info": ("LOAD3D_CAMERA", {}), "bg_image": ("IMAGE", {})}},
         "outputs": [],
+        "frontend_widgets": [("image", "PREVIEW_3D", True)],  # the 3D viewer
     },
     "PreviewImage": {
         "inputs": {"required": {"images": ("IMAGE", {})}},
@@ -115,7 +131,7 @@ def _spec_type(spec):
     return t, None
 
 
-def _definition(input_types: dict, outputs: list, node_type: str):
+def _definition(input_types: dict, outputs: list, node_type: str, frontend_widgets=()):
     inputs = []
     for section in ("required", "optional"):
         for name, spec in input_types.get(section, {}).items():
@@ -128,6 +144,9 @@ def _definition(input_types: dict, outputs: list, node_type: str):
             widget = t in WIDGET_TYPES and not opts.get("forceInput")
             inputs.append({"name": name, "type": t, "opts": opts, "required": section == "required",
                            "widget": widget})
+    for name, t, in_api in frontend_widgets:
+        inputs.append({"name": name, "type": t, "opts": {}, "required": False, "widget": True, "frontend": True,
+                       "api": in_api})
     return {"inputs": inputs, "outputs": outputs}
 
 
@@ -138,7 +157,7 @@ def definitions(pack):
         defs[key] = _definition(cls.INPUT_TYPES(), list(zip(cls.RETURN_NAMES, cls.RETURN_TYPES)), key)
     for key, core in CORE_NODES.items():
         assert key not in defs
-        defs[key] = _definition(core["inputs"], core["outputs"], key)
+        defs[key] = _definition(core["inputs"], core["outputs"], key, core.get("frontend_widgets", ()))
     return defs
 
 
@@ -148,7 +167,9 @@ def _types_match(a: str, b: str) -> bool:
 
 def _check_widget_value(where: str, inp: dict, value):
     t, opts = inp["type"], inp["opts"]
-    if t == "COMBO":
+    if inp.get("frontend"):
+        assert isinstance(value, str), f"{where}: frontend widget value {value!r} is not a string"
+    elif t == "COMBO":
         assert isinstance(value, str), f"{where}: combo value {value!r} is not a string"
         if opts["options"] != FILES:
             assert value in opts["options"], f"{where}: {value!r} not in {opts['options']}"
@@ -171,7 +192,8 @@ def _check_widget_value(where: str, inp: dict, value):
 
 def _expected_widget_values(definition: dict, node_type: str) -> list[tuple[dict | None, str]]:
     """The widget slots in the frontend's order: widget inputs in INPUT_TYPES order, a
-    control_after_generate slot after a seed, and LoadImage's upload button value."""
+    control_after_generate slot after a seed, then the widgets the frontend adds (LoadImage's
+    upload button, Preview3D's viewer)."""
     slots = []
     for inp in definition["inputs"]:
         if not inp["widget"]:
@@ -179,8 +201,6 @@ def _expected_widget_values(definition: dict, node_type: str) -> list[tuple[dict
         slots.append((inp, inp["name"]))
         if inp["type"] == "INT" and (inp["name"] in SEED_NAMES or inp["opts"].get("control_after_generate")):
             slots.append((None, "control_after_generate"))
-    if node_type == "LoadImage":
-        slots.append((None, "upload"))
     return slots
 
 
@@ -188,10 +208,26 @@ def _expected_widget_values(definition: dict, node_type: str) -> list[tuple[dict
 # Graph (UI) format
 # --------------------------------------------------------------------------------------------
 
-def test_there_are_example_workflows():
-    names = {p.stem for p in GRAPH_FILES}
-    assert {"full_pipeline", "external_3d", "external_inpainting", "layout_only"} <= names, names
-    assert (API_DIR / "layout_only_api.json").exists()
+def test_every_workflow_has_both_formats_a_thumbnail_and_a_screenshot():
+    from PIL import Image
+
+    assert {p.stem for p in GRAPH_FILES} == EXPECTED
+    assert {p.stem for p in API_FILES} == EXPECTED
+    for name in EXPECTED:
+        # The template browser shows <name>.jpg (always .jpg) on a square card.
+        thumb = GRAPH_DIR / f"{name}.jpg"
+        assert thumb.stat().st_size < 100_000, thumb
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and im.size == (512, 512), (thumb, im.format, im.size)
+        shot = SCREENSHOT_DIR / f"{name}.jpg"  # shown in the README
+        assert shot.stat().st_size < 300_000, shot
+        with Image.open(shot) as im:
+            assert im.format == "JPEG" and im.width == 1400, (shot, im.format, im.size)
+
+
+def test_only_workflows_is_a_template_folder():
+    others = [f for f in TEMPLATE_FOLDERS[:-1] if (ROOT / f).exists()]
+    assert not others, f"ComfyUI would serve {others[0]}/ as the pack's templates and hide workflows/"
 
 
 @pytest.mark.parametrize("path", GRAPH_FILES, ids=lambda p: p.name)
@@ -208,13 +244,15 @@ def test_graph_workflow_is_wired_as_the_nodes_declare(path, definitions):
 
     notes = [n for n in nodes.values() if n["type"] == "Note"]
     assert notes, f"{path.name}: no Note"
-    note_text = "\n".join(n["widgets_values"][0] for n in notes)
-    for n in nodes.values():  # every loader's model folder is named in a Note
-        folder = {"ComboVerseLoadSAM": "models/sams", "ComboVerseLoadInpaintModel": "models/checkpoints",
-                  "ComboVerseLoadGuidanceModel": "models/checkpoints", "ComboVerseLoadLift3DModel": "models/triposr",
-                  "CheckpointLoaderSimple": "models/checkpoints"}.get(n["type"])
+    note_lines = [line for n in notes for line in n["widgets_values"][0].splitlines()]
+    for n in nodes.values():  # a Note line names each loader's file and the folder it goes in
+        folder = {"ComboVerseLoadSAM": "models/sams/", "ComboVerseLoadInpaintModel": "models/checkpoints/",
+                  "ComboVerseLoadGuidanceModel": "models/checkpoints/", "ComboVerseLoadLift3DModel": "models/triposr/",
+                  "CheckpointLoaderSimple": "models/checkpoints/"}.get(n["type"])
         if folder:
-            assert folder in note_text, f"{path.name}: no Note says what goes in {folder}"
+            file = n["widgets_values"][0]
+            assert any(file in line and folder in line for line in note_lines), \
+                f"{path.name}: no Note line says that {file} goes in {folder}"
 
     for node in nodes.values():
         where = f"{path.name} node {node['id']} ({node['type']})"
@@ -253,8 +291,6 @@ def test_graph_workflow_is_wired_as_the_nodes_declare(path, definitions):
         for (decl, name), value in zip(slots, values):
             if name == "control_after_generate":
                 assert value in SEED_CONTROL, f"{where}: control_after_generate {value!r}"
-            elif name == "upload":
-                assert value == "image", f"{where}: upload widget {value!r}"
             else:
                 _check_widget_value(f"{where}.{name}", decl, value)
 
@@ -269,6 +305,7 @@ def test_graph_workflow_is_wired_as_the_nodes_declare(path, definitions):
         dst_input = d["inputs"][dst_slot]
         assert dst_input["link"] == link_id, f"{where}: target slot {dst_slot} of node {dst} holds {dst_input}"
         decl_in = {i["name"]: i for i in definitions[d["type"]]["inputs"]}[dst_input["name"]]
+        assert not decl_in.get("frontend"), f"{where}: link into the frontend widget {dst_input['name']}"
         assert _types_match(t, decl_in["type"]), f"{where}: {t} into {d['type']}.{dst_input['name']} ({decl_in['type']})"
     for node in nodes.values():
         for inp in node["inputs"]:
@@ -336,11 +373,39 @@ def test_api_workflow_is_wired_as_the_nodes_declare(path, definitions):
                 assert _types_match(out_t, decl["type"]), f"{where}.{name}: {out_t} into {decl['type']}"
             else:
                 assert decl["widget"], f"{where}.{name}: a socket given a value"
+                assert decl.get("api", True), f"{where}.{name}: the frontend never sends this widget"
                 _check_widget_value(f"{where}.{name}", decl, value)
         for decl in d["inputs"]:
             if decl["required"]:
                 assert decl["name"] in node["inputs"], f"{where}: required input {decl['name']} missing"
     _api_order(prompt)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_api_workflow_is_the_graph_converted(name, definitions):
+    """What graphToPrompt() makes of the graph: every active node but Notes, each link as
+    [source id, output slot], each unlinked widget's value (frontend-only values aside)."""
+    graph = json.loads((GRAPH_DIR / f"{name}.json").read_text())
+    prompt = json.loads((API_DIR / f"{name}.json").read_text())
+    nodes = {n["id"]: n for n in graph["nodes"]}
+    active = {str(i): n for i, n in nodes.items() if n["mode"] == 0 and n["type"] != "Note"}
+    assert set(prompt) == set(active), f"{name}: API nodes {sorted(prompt)} vs graph {sorted(active)}"
+    links = {l[0]: l for l in graph["links"]}
+    for key, node in active.items():
+        where = f"{name} node {key} ({node['type']})"
+        api = prompt[key]
+        assert api["class_type"] == node["type"], where
+        expected = {}
+        for inp in node["inputs"]:
+            if inp.get("link") is not None:
+                _, src, src_slot, _, _, _ = links[inp["link"]]
+                expected[inp["name"]] = [str(src), src_slot]
+        slots = _expected_widget_values(definitions[node["type"]], node["type"])
+        for (decl, slot_name), value in zip(slots, node.get("widgets_values", [])):
+            if decl is None or slot_name in expected or not decl.get("api", True):
+                continue
+            expected[slot_name] = value
+        assert api["inputs"] == expected, f"{where}: {api['inputs']} vs the graph's {expected}"
 
 
 SMALL = {  # small settings so the headless run takes seconds on a CPU
@@ -350,13 +415,18 @@ SMALL = {  # small settings so the headless run takes seconds on a CPU
 }
 
 
+DISPLAY_ONLY = {"PreviewImage", "Preview3D"}  # core output nodes: ComfyUI runs them (tests/test_comfyui_real.py)
+
+
 def test_layout_only_api_workflow_runs_headless_and_writes_one_node_per_object(pack, output_dir, one_thread):
     import trimesh
 
-    prompt = json.loads((API_DIR / "layout_only_api.json").read_text())
+    prompt = json.loads((API_DIR / "layout_only.json").read_text())
     results = {}
     for key in _api_order(prompt):
         node = prompt[key]
+        if node["class_type"] in DISPLAY_ONLY:
+            continue
         cls = pack.NODE_CLASS_MAPPINGS[node["class_type"]]
         kwargs = {}
         for name, value in node["inputs"].items():
