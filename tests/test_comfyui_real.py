@@ -1,12 +1,17 @@
-"""The pack inside a real ComfyUI: started headless on the CPU, its nodes listed, a workflow run.
+"""The pack inside a real ComfyUI: started headless on the CPU, its nodes listed, its workflows in
+the template browser, the core-node table of tests/test_workflows.py checked against the real
+/object_info, and the API-format workflows run to a GLB (the full pipeline with tiny models in
+the real file formats).
 
 Needs a ComfyUI checkout (with its Python requirements installed) named by ``COMFYUI_DIR``;
 skipped otherwise. ComfyUI runs with a temporary ``--base-directory`` whose ``custom_nodes``
-holds a link to this repo, so the checkout itself is left as it is.
+holds a link to this repo and whose ``models/`` and ``input/`` hold the tiny models and the
+picture, so the checkout itself is left as it is.
 """
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +29,11 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
                                 reason="set COMFYUI_DIR to a ComfyUI checkout to run the pack inside it")
 
+PACK = "ComfyUI-ComboVerse"  # the folder name in custom_nodes (README's install command)
+WORKFLOWS = ROOT / "workflows"
+TINY_TRIPOSR = Path(__file__).resolve().parent / "data" / "triposr_tiny"
+CLIP_VOCAB = 49408  # ComfyUI's own CLIP tokenizer, which the pack's SD loaders use inside ComfyUI
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -35,11 +45,49 @@ def _get(url: str):
     return json.load(urllib.request.urlopen(url, timeout=10))
 
 
+def _fetch(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+def _tiny_models(base: Path) -> dict:
+    """Tiny models under the file names the workflows name, in ComfyUI's model folders, and the
+    picture Load Image names. Returns what the test must set in the workflow to use them."""
+    from comboverse_ops.atomic import save_png_atomic
+    from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
+    from tiny_models import save_tiny_sam, save_tiny_sd
+
+    models, staging = base / "models", base / "tiny"
+    save_tiny_sam(models / "sams" / "sam_vit_h_4b8939.pth")
+    (models / "checkpoints").mkdir(parents=True)
+    inpaint, inpaint_cfg, _, _ = save_tiny_sd(staging / "inpaint", "sd2", inpainting=True, text_vocab_size=CLIP_VOCAB)
+    shutil.copy(inpaint, models / "checkpoints" / "512-inpainting-ema.safetensors")
+    guidance, guidance_cfg, _, _ = save_tiny_sd(staging / "guidance", "sd2", inpainting=False,
+                                                text_vocab_size=CLIP_VOCAB)
+    shutil.copy(guidance, models / "checkpoints" / "v2-1_512-ema-pruned.safetensors")
+    (models / "triposr").mkdir(parents=True)
+    shutil.copytree(TINY_TRIPOSR / "dino-tiny", models / "triposr" / "dino-tiny")
+    shutil.copy(TINY_TRIPOSR / "config.yaml", models / "triposr" / "config.yaml")
+    shutil.copy(TINY_TRIPOSR / "model.ckpt", models / "triposr" / "model.ckpt")
+    # Seed 1: two objects, each partly hidden by the other, so Inpaint really runs SD.
+    proc = make_procedural_scene(1, ProceduralSettings(min_objects=2, max_objects=2, image_size=96))
+    obs = proc.observe()
+    save_png_atomic(base / "input" / "example.png", obs.image)
+    return {"boxes": json.dumps(obs.boxes.round().tolist()), "phrases": "\n".join(proc.phrases),
+            "prompt": proc.prompt, "objects": len(proc.phrases),
+            "inpaint_cfg": str(inpaint_cfg), "guidance_cfg": str(guidance_cfg)}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_base")
     (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "ComfyUI-ComboVerse").symlink_to(ROOT, target_is_directory=True)
+    (base / "custom_nodes" / PACK).symlink_to(ROOT, target_is_directory=True)
+    (base / "input").mkdir()
+    tiny = _tiny_models(base)
     port = _free_port()
     log = open(base / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
@@ -58,7 +106,7 @@ def server(tmp_path_factory):
                 time.sleep(1)
         else:
             raise RuntimeError(f"ComfyUI did not come up: {(base / 'server.log').read_text()[-3000:]}")
-        yield url, base
+        yield {"url": url, "base": base, **tiny}
     finally:
         proc.terminate()
         try:
@@ -68,9 +116,36 @@ def server(tmp_path_factory):
         log.close()
 
 
+def _run_prompt(server, prompt: dict, timeout_s: int = 300) -> dict:
+    """Queue an API-format workflow through /prompt; return its history entry once it finished."""
+    body = json.dumps({"prompt": prompt, "client_id": "comboverse-test"}).encode()
+    request = urllib.request.Request(f"{server['url']}/prompt", data=body, headers={"Content-Type": "application/json"})
+    try:
+        prompt_id = json.load(urllib.request.urlopen(request, timeout=30))["prompt_id"]
+    except urllib.error.HTTPError as e:  # validation errors come back as 400 with the reasons
+        raise AssertionError(f"/prompt refused the workflow: {e.read().decode()[:3000]}") from None
+    for _ in range(timeout_s):
+        history = _get(f"{server['url']}/history/{prompt_id}")
+        if prompt_id in history:
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"the workflow did not finish within {timeout_s} s")
+    entry = history[prompt_id]
+    errors = [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+    assert entry["status"]["status_str"] == "success", errors
+    return entry
+
+
+def _glb_scene(server, entry: dict):
+    shown = [item for out in entry["outputs"].values() for item in out.get("3d", [])]
+    assert shown, entry["outputs"]
+    glb = server["base"] / "output" / shown[0]["subfolder"] / shown[0]["filename"]
+    return trimesh.load(glb, force="scene")
+
+
 def test_object_info_lists_every_pack_node(server):
-    url, _ = server
-    info = _get(f"{url}/object_info")
+    info = _get(f"{server['url']}/object_info")
     expected = set(load_pack().NODE_CLASS_MAPPINGS)
     assert expected <= set(info), sorted(expected - set(info))
     for key in expected:
@@ -78,24 +153,90 @@ def test_object_info_lists_every_pack_node(server):
         assert info[key]["category"].startswith("ComboVerse/")
 
 
-def test_api_workflow_runs_and_writes_a_glb(server):
-    url, base = server
-    workflow = json.loads((ROOT / "workflows" / "layout_only_api.json").read_text())
-    body = json.dumps({"prompt": workflow, "client_id": "comboverse-test"}).encode()
-    request = urllib.request.Request(f"{url}/prompt", data=body, headers={"Content-Type": "application/json"})
-    prompt_id = json.load(urllib.request.urlopen(request, timeout=30))["prompt_id"]
-    for _ in range(300):
-        history = _get(f"{url}/history/{prompt_id}")
-        if prompt_id in history:
-            break
-        time.sleep(1)
-    else:
-        raise AssertionError("the workflow did not finish within 300 s")
-    entry = history[prompt_id]
-    errors = [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
-    assert entry["status"]["status_str"] == "success", errors
-    shown = [item for out in entry["outputs"].values() for item in out.get("3d", [])]
-    assert shown, entry["outputs"]
-    glb = base / "output" / shown[0]["subfolder"] / shown[0]["filename"]
-    scene = trimesh.load(glb, force="scene")
-    assert len(scene.graph.nodes_geometry) >= 2  # one node per object
+def test_template_browser_lists_the_workflows_and_serves_them_with_thumbnails(server):
+    names = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+    assert len(names) == 5
+    listing = _get(f"{server['url']}/workflow_templates")
+    assert sorted(listing.get(PACK, [])) == names, listing  # workflows/api/ is not listed
+    for name in names:
+        # What the frontend fetches: the workflow when picked, <name>.jpg as the card's picture.
+        status, body = _fetch(f"{server['url']}/api/workflow_templates/{PACK}/{name}.json")
+        assert status == 200 and json.loads(body) == json.loads((WORKFLOWS / f"{name}.json").read_text()), name
+        status, body = _fetch(f"{server['url']}/api/workflow_templates/{PACK}/{name}.jpg")
+        assert status == 200 and body == (WORKFLOWS / f"{name}.jpg").read_bytes(), name
+
+
+def test_core_node_table_agrees_with_object_info(server):
+    """tests/test_workflows.py checks the workflows against a table of the core nodes they use;
+    here every table entry is held against what this ComfyUI declares: each real input is in the
+    table with the same type, and anything the table accepts (options, ranges) the server accepts."""
+    from test_workflows import CORE_NODES, FILES
+
+    info = _get(f"{server['url']}/object_info")
+    for key, table in CORE_NODES.items():
+        if key == "Note":  # frontend-only
+            assert key not in info
+            continue
+        live = info[key]
+        declared = {s: table["inputs"].get(s, {}) for s in ("required", "optional")}
+        for section in ("required", "optional"):
+            for name, spec in live["input"].get(section, {}).items():
+                where = f"{key}.{name}"
+                assert name in declared[section], f"{where}: {section} in ComfyUI, not in the table's {section}"
+                mine = declared[section][name]
+                if isinstance(spec[0], list):  # a combo
+                    assert mine[0] == FILES or isinstance(mine[0], list), where
+                    if isinstance(mine[0], list):
+                        assert set(mine[0]) <= set(spec[0]), f"{where}: {set(mine[0]) - set(spec[0])} not offered"
+                    continue
+                assert mine[0] == spec[0], f"{where}: {mine[0]} vs {spec[0]}"
+                opts = spec[1] if len(spec) > 1 else {}
+                for bound, outside in (("min", lambda a, b: a < b), ("max", lambda a, b: a > b)):
+                    if bound in opts:
+                        assert bound in mine[1] and not outside(mine[1][bound], opts[bound]), \
+                            f"{where}: {bound} {mine[1].get(bound)} vs {opts[bound]}"
+        live_optional = set(live["input"].get("optional", {}))
+        for name in declared["required"]:
+            assert name in live["input"]["required"], f"{key}.{name}: required in the table, not in ComfyUI"
+        extra = set(declared["optional"]) - live_optional
+        assert extra <= {"bg_image"}, f"{key}: optional inputs {extra} not in this ComfyUI"  # bg_image: newer
+        assert list(zip(live["output_name"], live["output"])) == table["outputs"], key
+
+
+def test_layout_only_api_workflow_runs_and_writes_a_glb(server):
+    workflow = json.loads((WORKFLOWS / "api" / "layout_only.json").read_text())
+    entry = _run_prompt(server, workflow)
+    assert len(_glb_scene(server, entry).graph.nodes_geometry) == 3  # one node per object
+
+
+# Settings that make the full pipeline take seconds on a CPU with tiny models (each name must
+# exist in the workflow: a renamed widget fails here instead of being silently ignored).
+FAST = {
+    "ComboVerseSegment": {"crop_size": 64},
+    "ComboVerseInpaint": {"steps": 2, "resolution": 64, "crop_size": 64},
+    # The tiny TripoSR's random density peaks near 1, far below TripoSR's iso level 25.
+    "ComboVerseLift3D": {"resolution": 32, "density_threshold": 0.5, "max_faces": 400},
+    "ComboVerseSSDSRefine": {"steps": 3, "resolution": 48, "views_per_step": 1, "ssds_resolution": 64},
+}
+
+
+def test_full_pipeline_api_workflow_runs_with_tiny_models(server):
+    workflow = json.loads((WORKFLOWS / "api" / "full_pipeline.json").read_text())
+    settings = {k: dict(v) for k, v in FAST.items()}
+    # What a user fills in: the objects' boxes and names, the prompt for score distillation, and
+    # (tiny models only) the config folders of their architecture.
+    settings["ComboVerseSegment"].update(boxes_text=server["boxes"], phrases=server["phrases"])
+    settings["ComboVerseSSDSRefine"]["prompt"] = server["prompt"]
+    settings["ComboVerseLoadInpaintModel"] = {"config_dir": server["inpaint_cfg"]}
+    settings["ComboVerseLoadGuidanceModel"] = {"config_dir": server["guidance_cfg"]}
+    seen = set()
+    for node in workflow.values():
+        for name, value in settings.get(node["class_type"], {}).items():
+            assert name in node["inputs"], f"{node['class_type']} has no input {name}"
+            node["inputs"][name] = value
+        seen.add(node["class_type"])
+    assert set(settings) <= seen
+    entry = _run_prompt(server, workflow)
+    scene = _glb_scene(server, entry)
+    assert all(len(g.faces) > 0 for g in scene.geometry.values())
+    assert len(scene.graph.nodes_geometry) == server["objects"]  # one glTF node per object

@@ -265,8 +265,11 @@ def text_to_ldm(text, family: str, seed: int = 1) -> dict[str, torch.Tensor]:
 
 
 def save_tiny_sd(folder: Path, family: str = "sd2", inpainting: bool = True, seed: int = 0,
-                 name: str | None = None, dtype=torch.float32):
+                 name: str | None = None, dtype=torch.float32, text_vocab_size: int | None = None):
     """Write a tiny SD checkpoint (single file, original layout), its config folder and tokenizer.
+
+    ``text_vocab_size``: the text encoder's vocabulary, default the tiny tokenizer's. Inside
+    ComfyUI the loaders use ComfyUI's own CLIP tokenizer first, whose ids need 49408.
 
     Returns ``(checkpoint_path, config_dir, tokenizer_dir, (unet, vae, text_encoder))``, the
     modules being the float32 originals.
@@ -276,6 +279,8 @@ def save_tiny_sd(folder: Path, family: str = "sd2", inpainting: bool = True, see
     folder.mkdir(parents=True, exist_ok=True)
     tok_dir = folder / "tokenizer"  # next to the checkpoint: one of the places the loader looks
     vocab = write_tiny_tokenizer(tok_dir)
+    if text_vocab_size is not None:
+        vocab = max(vocab, text_vocab_size)
     cfg_dir = write_config_dir(folder / f"config-{family}{'-inpainting' if inpainting else ''}",
                                tiny_sd_configs(family, inpainting, vocab))
     unet, vae, text = build_sd_models(cfg_dir, seed)
