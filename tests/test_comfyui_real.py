@@ -240,3 +240,20 @@ def test_full_pipeline_api_workflow_runs_with_tiny_models(server):
     scene = _glb_scene(server, entry)
     assert all(len(g.faces) > 0 for g in scene.geometry.values())
     assert len(scene.graph.nodes_geometry) == server["objects"]  # one glTF node per object
+
+
+PLAYWRIGHT_CORE_DIR = os.environ.get("PLAYWRIGHT_CORE_DIR")  # a node_modules folder holding playwright-core
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.skipif(not PLAYWRIGHT_CORE_DIR or not CHROMIUM or not shutil.which("node"),
+                    reason="set PLAYWRIGHT_CORE_DIR and install node and chromium to open the workflows in "
+                           "ComfyUI's frontend (tools/workflow_screenshots.mjs says how)")
+def test_frontend_loads_every_workflow_and_saves_and_converts_it_as_committed():
+    """ComfyUI's own frontend in headless Chromium loads each workflow with no missing node, dialog
+    or error, saves it as workflows/<name>.json and converts it to workflows/api/<name>.json."""
+    result = subprocess.run(["node", str(ROOT / "tools" / "workflow_screenshots.mjs"), "--check",
+                             "--comfyui", COMFYUI_DIR, "--python", sys.executable, "--chromium", CHROMIUM,
+                             "--playwright", PLAYWRIGHT_CORE_DIR],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]

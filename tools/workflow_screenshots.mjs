@@ -30,8 +30,9 @@
 //   --python PY       the Python that runs ComfyUI (default: python3); it must import this pack's deps
 //   --chromium PATH   the browser (default: /usr/bin/chromium)
 //   --only NAME       one workflow (repeatable)
-//   --check           write nothing: fail if workflows/<name>.json or workflows/api/<name>.json is not
-//                     what the frontend saves / converts (CI-style check after editing a workflow)
+//   --check           write nothing and take no pictures: fail if workflows/<name>.json or
+//                     workflows/api/<name>.json is not what the frontend saves / converts
+//                     (tests/test_comfyui_real.py runs this when PLAYWRIGHT_CORE_DIR is set)
 //   --keep            keep the temporary base directory (server.log, settings) for debugging
 //
 // Exit status 0 when every check passed; otherwise the problems are printed and it exits 1.
@@ -248,6 +249,26 @@ async function encodeJpeg(page, png, width, height, quality) {
   return Buffer.from(b64, 'base64');
 }
 
+/** The README screenshot (1400 px wide, as tall as the graph's shape needs) and the template
+ * thumbnail (square, like the template browser's cards) of the loaded graph. */
+async function takePictures(page) {
+  let bounds = await fitView(page, 24);
+  const height = Math.max(500, Math.min(1600, Math.round(
+    (SCREENSHOT_WIDTH - 48) * bounds.height / bounds.width + 48)));
+  await page.setViewportSize({ width: SCREENSHOT_WIDTH, height });
+  await settle(page);
+  bounds = await fitView(page, 24);
+  await settle(page);
+  const readme = await encodeJpeg(page, await page.screenshot({ type: 'png' }), SCREENSHOT_WIDTH, height, 0.85);
+
+  await page.setViewportSize({ width: 2 * THUMB_SIZE, height: 2 * THUMB_SIZE });
+  await settle(page);
+  await fitView(page, 24);
+  await settle(page);
+  const thumb = await encodeJpeg(page, await page.screenshot({ type: 'png' }), THUMB_SIZE, THUMB_SIZE, 0.85);
+  return { readme, thumb, height, scale: bounds.scale };
+}
+
 async function settle(page) {
   // DOM widgets (text areas, the 3D viewer) follow the canvas on the next frames.
   await page.waitForTimeout(400);
@@ -346,8 +367,10 @@ async function main() {
     await openApp(page, url);
     for (const err of startupErrors) console.log(`note: the frontend logged at startup (before any workflow): ${err}`);
 
-    mkdirSync(join(REPO, 'workflows', 'api'), { recursive: true });
-    mkdirSync(join(REPO, 'docs', 'screenshots'), { recursive: true });
+    if (!args.check) {
+      mkdirSync(join(REPO, 'workflows', 'api'), { recursive: true });
+      mkdirSync(join(REPO, 'docs', 'screenshots'), { recursive: true });
+    }
     for (const name of selected) {
       const file = JSON.parse(readFileSync(join(REPO, 'workflows', `${name}.json`), 'utf8'));
       // What the template browser fetches when a user picks the template.
@@ -377,33 +400,19 @@ async function main() {
         }
       }
 
-      // README screenshot: 1400 px wide, as tall as the graph's shape needs.
-      let bounds = await fitView(page, 24);
-      const height = Math.max(500, Math.min(1600, Math.round(
-        (SCREENSHOT_WIDTH - 48) * bounds.height / bounds.width + 48)));
-      await page.setViewportSize({ width: SCREENSHOT_WIDTH, height });
-      await settle(page);
-      bounds = await fitView(page, 24);
-      await settle(page);
-      const shot = await page.screenshot({ type: 'png' });
-      const readme = await encodeJpeg(page, shot, SCREENSHOT_WIDTH, height, 0.85);
-
-      // Template thumbnail: square, like the template browser's cards.
-      await page.setViewportSize({ width: 2 * THUMB_SIZE, height: 2 * THUMB_SIZE });
-      await settle(page);
-      await fitView(page, 24);
-      await settle(page);
-      const thumb = await encodeJpeg(page, await page.screenshot({ type: 'png' }), THUMB_SIZE, THUMB_SIZE, 0.85);
-      current = null;
-
-      console.log(`${name}: ${loaded.graph.nodes.length} nodes, ${Object.keys(loaded.output).length} in the API ` +
-        `prompt; screenshot ${SCREENSHOT_WIDTH}x${height} at zoom ${bounds.scale.toFixed(2)} ` +
-        `(${(readme.length / 1024).toFixed(0)} KB), thumbnail ${(thumb.length / 1024).toFixed(0)} KB`);
-      if (!args.check) {
-        writeFileSync(join(REPO, 'docs', 'screenshots', `${name}.jpg`), readme);
-        writeFileSync(join(REPO, 'workflows', `${name}.jpg`), thumb);
+      const summary = `${name}: ${loaded.graph.nodes.length} nodes, ${Object.keys(loaded.output).length} in the API prompt`;
+      if (args.check) {
+        console.log(summary);
+        continue;
       }
+      const pictures = await takePictures(page);
+      console.log(`${summary}; screenshot ${SCREENSHOT_WIDTH}x${pictures.height} at zoom ` +
+        `${pictures.scale.toFixed(2)} (${(pictures.readme.length / 1024).toFixed(0)} KB), thumbnail ` +
+        `${(pictures.thumb.length / 1024).toFixed(0)} KB`);
+      writeFileSync(join(REPO, 'docs', 'screenshots', `${name}.jpg`), pictures.readme);
+      writeFileSync(join(REPO, 'workflows', `${name}.jpg`), pictures.thumb);
     }
+    current = null;
     await checkTemplateListing(url, names, problems, { thumbnails: true });
   } finally {
     if (browser) await browser.close();
