@@ -9,7 +9,7 @@
 //
 // Edit a workflow (by hand, or in ComfyUI and save it over workflows/<name>.json), then rerun this.
 //
-// and checks on the way that ComfyUI's template browser lists the pack's workflows
+// It also checks that ComfyUI's template browser lists the pack's workflows
 // (GET /workflow_templates), serves them and their thumbnails (/api/workflow_templates/<pack>/...),
 // and that each one loads with no missing node type, no dialog, no warning toast, no page error,
 // and re-serialises to the same nodes, widget values and links as the file.
