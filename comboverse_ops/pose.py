@@ -26,8 +26,24 @@ def _skew(r: torch.Tensor) -> torch.Tensor:
 
 
 def rotvec_to_matrix(r: torch.Tensor) -> torch.Tensor:
-    """``[..., 3]`` rotation vectors to ``[..., 3, 3]`` rotation matrices (differentiable at 0 too)."""
-    return torch.linalg.matrix_exp(_skew(r))
+    """``[..., 3]`` rotation vectors to ``[..., 3, 3]`` rotation matrices (differentiable at 0 too).
+
+    Rodrigues' formula ``R = I + a K + b K^2`` with ``K = [r]_x``, ``a = sin t / t`` and
+    ``b = (1 - cos t) / t^2`` (``t = |r|``; computed as ``sinc(t/2)^2 / 2``), both written as functions of ``t^2`` so that no branch
+    divides by zero: below ``t^2 = 1e-6`` their Taylor series (error < 1e-14). Equal to
+    ``matrix_exp`` of the skew matrix, but with no data-dependent branch inside, so an
+    optimisation step on the GPU never waits for it (``matrix_exp`` reads the norm back).
+    """
+    k = _skew(r)
+    t2 = (r * r).sum(-1)[..., None, None]
+    small = t2 < 1e-6
+    t2_safe = torch.where(small, torch.ones_like(t2), t2)
+    t = t2_safe.sqrt()
+    a = torch.where(small, 1 - t2 / 6 + t2 * t2 / 120, torch.sin(t) / t)
+    half = torch.sin(t / 2) / (t / 2)  # (1 - cos t) / t^2 = sinc(t/2)^2 / 2: no cancellation in float32
+    b = torch.where(small, 0.5 - t2 / 24 + t2 * t2 / 720, 0.5 * half * half)
+    eye = torch.eye(3, dtype=r.dtype, device=r.device).expand_as(k)
+    return eye + a * k + b * (k @ k)
 
 
 def matrix_to_rotvec(m: torch.Tensor) -> torch.Tensor:

@@ -98,3 +98,20 @@ def test_pose_applies_scale_then_rotation_then_translation():
     assert torch.allclose(pose.matrix()[:3, 3], torch.tensor([1.0, 0.0, 0.0]))
     with pytest.raises(ValueError, match="expected 3 values"):
         Pose.create(1.0, [0.0, 0.0], [0.0, 0.0, 0.0])
+
+
+def test_rotation_vectors_give_the_matrix_exponential_with_float32_gradients_near_zero():
+    """The closed form (no GPU read-back) equals exp([r]_x) from 0 to pi, value and gradient."""
+    from comboverse_ops.pose import _skew, rotvec_to_matrix
+
+    g = torch.Generator().manual_seed(0)
+    for scale in (0.0, 1e-7, 1e-3, 0.3, 1.0, 3.0):
+        r = torch.randn(64, 3, generator=g, dtype=torch.float64) * scale
+        assert torch.allclose(rotvec_to_matrix(r), torch.linalg.matrix_exp(_skew(r)), atol=1e-12)
+        r32 = r.float().requires_grad_()
+        rotvec_to_matrix(r32).square().mul(torch.arange(9.0).reshape(3, 3)).sum().backward()
+        r64 = r.clone().requires_grad_()
+        torch.linalg.matrix_exp(_skew(r64)).square().mul(torch.arange(9.0, dtype=torch.float64).reshape(3, 3)) \
+            .sum().backward()
+        assert torch.isfinite(r32.grad).all()
+        assert torch.allclose(r32.grad.double(), r64.grad, atol=1e-5), scale
