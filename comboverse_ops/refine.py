@@ -209,6 +209,7 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
     if targets.masks.shape[0] != n:
         raise ValueError(f"refine: {targets.masks.shape[0]} object masks for {n} objects; give one mask per object")
     weights = settings.weights.active()
+    scene.validate()  # once: the loop renders the same meshes, and per-step checks would wait for the GPU
     with torch.inference_mode(False), torch.enable_grad():
         scene = _clone_for_autograd(scene)
         device = scene.objects[0].mesh.device
@@ -230,7 +231,7 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
         history = []
         for step in range(settings.steps):
             posed = scene.with_poses(params.poses())
-            out = render_scene(posed, cam, backend=settings.backend, per_object=dist is not None)
+            out = render_scene(posed, cam, backend=settings.backend, per_object=dist is not None, check=False)
             terms: dict[str, torch.Tensor] = {}
             if "ref_rgb" in weights:
                 terms["ref_rgb"] = (out.rgb[0] - ref_rgb).abs().mean()
@@ -257,6 +258,10 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
                     preview = out.rgb[0].detach()
                 callback(step + 1, settings.steps, preview)
         final = scene.with_poses([p.detach() for p in params.poses()])
+        bad = [o.name for o in final.objects if not all(bool(torch.isfinite(t).all()) for t in o.pose.parameters())]
+        if bad:
+            raise ValueError(f"refine: the poses of {bad} became NaN/inf during the optimisation; lower the learning "
+                             "rates or the loss weights (a guidance model in fp16 with an extreme cfg_scale can do this)")
         # Read the losses back once at the end (a read per step would wait for the GPU each step).
         history = [{k: float(v) for k, v in h.items()} for h in history]
     return RefineResult(final, history)

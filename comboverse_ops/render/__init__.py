@@ -36,7 +36,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def render_scene(scene: Scene, cameras: Cameras, *, background=(1.0, 1.0, 1.0), backend: str = "auto",
-                 aa_width: float = 1.0, per_object: bool = False) -> RenderOutput:
+                 aa_width: float = 1.0, per_object: bool = False, check: bool = True) -> RenderOutput:
     """Render RGB, alpha, depth and object ids of ``scene`` seen by every camera.
 
     Args:
@@ -46,10 +46,12 @@ def render_scene(scene: Scene, cameras: Cameras, *, background=(1.0, 1.0, 1.0), 
         backend: ``"auto"``, ``"torch"`` or ``"nvdiffrast"`` (module doc).
         aa_width: torch backend only: width in pixels of the antialiasing ramp at edges.
         per_object: also return each object's visible alpha (``RenderOutput.object_alpha``).
+        check: validate the scene first (:meth:`Scene.validate`). Its checks read values back
+            from the GPU; a loop that validated once and renders the same meshes again passes False.
     Returns:
         :class:`RenderOutput` with ``[B, H, W, ...]`` tensors, images top row first.
     """
-    flat = flatten_scene(scene)
+    flat = flatten_scene(scene, check=check)
     device = flat.vertices.device
     if cameras.device != device:
         raise ValueError(f"render_scene: cameras are on {cameras.device} but the scene is on {device}")

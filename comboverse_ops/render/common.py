@@ -99,9 +99,10 @@ def face_neighbours(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor
     return nb.reshape(-1, 3)
 
 
-def flatten_scene(scene: Scene) -> FlatScene:
-    """Validate the scene and concatenate its posed objects (see :class:`FlatScene`)."""
-    scene.validate()
+def flatten_scene(scene: Scene, check: bool = True) -> FlatScene:
+    """Validate the scene (unless ``check`` is False) and concatenate its posed objects (see :class:`FlatScene`)."""
+    if check:
+        scene.validate()
     verts, faces, face_obj, cols, uvs, texs, nbs = [], [], [], [], [], [], []
     face_offset = 0
     offset = 0
