@@ -16,7 +16,7 @@ What it does:
 2. Runs :func:`comboverse_ops.pipeline.run_pipeline` (what ``comboverse run`` calls) on a
    768x768 picture of three objects, one partly hidden by another, with the boxes, a prompt and
    default settings: SAM vit_h, SD-2 inpainting 30 steps, TripoSR 256^3, Depth Anything V2
-   Large, 200 refine steps with SSDS (SD 1.5, 10 views) and the physics terms, export.
+   Large, 200 refine steps with SSDS (SD 1.5, 4 views) and the physics terms, export.
    Twice in one process: ``cold`` (first run: models read from disk, CUDA kernels warmed up)
    and ``warm`` (the models are in the shared cache, offloaded to CPU memory between stages:
    what a second run inside ComfyUI costs).

@@ -69,7 +69,7 @@ class PipelineSettings:
     refine_steps: int = 200
     refine_resolution: int = 128
     ssds_weight: float = 1.0
-    ssds_views: int = 10
+    ssds_views: int = 4  # SSDSSettings.views (paper: 10)
     ssds_resolution: int = 256
     # Previews
     preview_size: int = 256

@@ -18,15 +18,17 @@ Defaults: ``c = 25`` and ``t in [0.8, 0.9] T`` (paper); ``s = 100`` (DreamFusion
 the known re-implementation's: SDS needs a far larger scale than sampling, because one noisy
 prediction per step must carry the prompt's layout, and small scales give weak, blurry,
 mode-averaging gradients); ``w(t) = 1 - a_t`` (DreamFusion's ``sigma_t^2``; nearly constant
-inside the high-noise band, ``"uniform"`` is the alternative); 10 views (paper).
+inside the high-noise band, ``"uniform"`` is the alternative); 4 views per step (paper: 10; 10 views
+cost 2.6x the time of 4 and, in one batch, 18 GiB: README, "Speed and memory").
 ``reweight = 1`` is plain SDS (ablation).
 
 Memory: the VAE encoder's activations, kept for the backward pass at the model's 512 pixels, are
-what fills the GPU (about 1.7 GiB per view in fp16). The views are therefore encoded in chunks
-of ``encode_chunk``: each chunk is encoded, scored by the UNet and back-propagated to the renders
-at once, and only the renders' gradient is kept; the renderer's backward to the poses then runs
-once in :func:`.refine.refine_poses`. Same numbers as one batch (the noise, timesteps and views
-are drawn for all views first), a fraction of the memory.
+what fills the GPU (about 1.7 GiB per view in fp16). With more than ``encode_chunk`` views, the
+renders are first encoded without a graph and the UNet scores all views in one pass; then each
+chunk of views is encoded again, with a graph, and its SDS gradient pushed back to the renders
+at once, so only one chunk's activations are alive. The renderer's backward to the poses runs
+once, in :func:`.refine.refine_poses`. Same numbers as one batch (the noise, timesteps and views
+are drawn for all views first), one extra VAE forward, a fraction of the memory.
 """
 
 from __future__ import annotations
@@ -85,13 +87,13 @@ class SSDSSettings:
     t_range: tuple[float, float] = (0.8, 0.9)  # paper: high-noise band decides global layout
     guidance_scale: float = 100.0  # DreamFusion / the known re-implementation
     weighting: str = "sds"  # w(t) = 1 - alpha_bar_t (DreamFusion); "uniform": w = 1
-    views: int = 10  # paper: novel views per iteration
+    views: int = 4  # paper: 10 novel views per iteration; 4 keeps the pipeline within 60 s and 12 GB (module doc)
     render_resolution: int = 256  # choice: renders upsampled to the model's resolution (512 for SD 1.5)
     model_resolution: int | None = None  # None: the UNet's native size (sample_size x VAE factor)
     view_sampling: ViewSampling = field(default_factory=ViewSampling)
     seed: int = 0  # views, timesteps and noise come from one torch.Generator seeded with this
     backend: str = "auto"  # renderer backend
-    encode_chunk: int = 4  # views per VAE-encode + UNet pass (module doc, "Memory"); 0: all views at once
+    encode_chunk: int = 4  # views per VAE encode with gradients (module doc, "Memory"); 0: all views at once
 
     def __post_init__(self):
         lo, hi = self.t_range
@@ -112,9 +114,13 @@ class SSDSSettings:
 
 
 def reference_orbit(scene: Scene) -> tuple[float, float, float, torch.Tensor]:
-    """``(elevation_deg, azimuth_deg, radius, centre [3])`` of the reference camera about the scene centre."""
+    """``(elevation_deg, azimuth_deg, radius, centre [3])`` of the reference camera about the scene centre.
+
+    ``centre`` is a float64 CPU tensor: the values are read back from the device once, together.
+    """
     centre = torch.stack([o.pose.translation.detach() for o in scene.objects]).mean(0)
-    eye = scene.camera.c2w[0, :3, 3].detach().to(centre)
+    both = torch.stack([centre, scene.camera.c2w[0, :3, 3].detach().to(centre)]).double().cpu()
+    centre, eye = both[0], both[1]
     off = eye - centre
     radius = float(torch.linalg.norm(off).clamp_min(1e-6))
     elevation = -math.degrees(math.asin(max(-1.0, min(1.0, float(off[1]) / radius))))
@@ -228,7 +234,7 @@ class SSDSGuidance:
         weights = None
         if not self.plain:
             ones = torch.ones(b, self.prompt.token_weights.shape[0])
-            weights = torch.cat([ones, self.prompt.token_weights.expand(b, -1)]).to(self.device)
+            weights = torch.cat([ones, self.prompt.token_weights.expand(b, -1)]).to(self.device, non_blocking=True)
         with torch.no_grad(), self.token_state.use(weights):
             x = torch.cat([z_t, z_t]).to(self.dtype)
             out = self.model.unet(x, torch.cat([t, t]), encoder_hidden_states=emb).sample.float()
@@ -247,34 +253,40 @@ class SSDSGuidance:
     def __call__(self, scene: Scene, step: int) -> dict[str, torch.Tensor]:
         s = self.settings
         cams = sample_views(scene, s.views, s.render_resolution, s.view_sampling, self.generator)
-        rgb = render_scene(scene, cams, backend=s.backend).rgb  # [V, H, W, 3], objects over white
-        # Every view's timestep and noise first, from the one generator: chunking changes no number.
-        t = self.sample_timesteps(s.views).to(self.device)
-        lat_shape = (s.views, int(getattr(self.model.vae.config, "latent_channels", 4)), *self._latent_hw())
-        noise = torch.randn(lat_shape, generator=self.generator).to(self.device)
+        rgb = render_scene(scene, cams, backend=s.backend, check=False).rgb  # [V, H, W, 3], objects over white
+        # Every view's timestep and noise first, from the one CPU generator, moved in one copy:
+        # chunking changes no number, and the step never waits for the GPU in between.
+        t = self.sample_timesteps(s.views)
+        noise = torch.randn((s.views, self.latent_channels, *self._latent_hw()), generator=self.generator)
+        t, noise = t.to(self.device, non_blocking=True), noise.to(self.device, non_blocking=True)
         a = self.alphas_cumprod[t].reshape(-1, 1, 1, 1).float()
         w = (1 - a).reshape(-1) if s.weighting == "sds" else torch.ones_like(a.reshape(-1))
         chunk = s.encode_chunk or s.views
-        if not torch.is_grad_enabled() or not rgb.requires_grad:
-            chunk = s.views  # nothing to back-propagate: one pass
-        # The chunks' VAE graphs end at a detached copy of the renders; only its gradient is kept.
-        images = rgb.detach().requires_grad_(rgb.requires_grad)
-        total = torch.zeros((), device=self.device)
+        backprop = torch.is_grad_enabled() and rgb.requires_grad
+        if not backprop or chunk >= s.views:
+            latents = self.encode(rgb).float()
+            eps = self.predict_noise(a.sqrt() * latents.detach() + (1 - a).sqrt() * noise, t)
+            return {"ssds": sds_loss(latents, eps, noise, w)}
+        # Memory (module doc): the UNet sees every view at once, from latents encoded without a
+        # graph; then each chunk is encoded again with one and its SDS gradient pushed back to the
+        # renders. Only the renders' gradient is kept between chunks.
+        with torch.no_grad():
+            latents = self.encode(rgb).float()
+        eps = self.predict_noise(a.sqrt() * latents + (1 - a).sqrt() * noise, t)
+        images = rgb.detach().requires_grad_(True)
+        total = rgb.new_zeros(())
         for lo in range(0, s.views, chunk):
             sl = slice(lo, min(lo + chunk, s.views))
-            latents = self.encode(images[sl]).float()
-            z_t = a[sl].sqrt() * latents.detach() + (1 - a[sl]).sqrt() * noise[sl]
-            eps = self.predict_noise(z_t, t[sl])
-            # sds_loss averages over its batch; scaled so the sum over chunks is the mean over views
-            part = sds_loss(latents, eps, noise[sl], w[sl]) * (latents.shape[0] / s.views)
-            if images.requires_grad:
-                part.backward()
+            part = sds_loss(self.encode(images[sl]).float(), eps[sl], noise[sl], w[sl]) * ((sl.stop - lo) / s.views)
+            part.backward()  # sds_loss averages over its chunk; scaled, the chunks sum to the mean
             total = total + part.detach()
-        if not images.requires_grad:
-            return {"ssds": total}
         # Value: the loss; gradient w.r.t. the renders: the one the chunks accumulated.
         grad = images.grad
         return {"ssds": total + (rgb * grad).sum() - (rgb.detach() * grad).sum()}
+
+    @property
+    def latent_channels(self) -> int:
+        return int(getattr(self.model.vae.config, "latent_channels", 4))
 
     def _latent_hw(self) -> tuple[int, int]:
         f = 2 ** (len(self.model.vae.config.block_out_channels) - 1)
