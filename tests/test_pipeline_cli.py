@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import ROOT
 from tiny_models import save_tiny_depth_anything, save_tiny_sam, save_tiny_sd
 
 TINY_TRIPOSR = Path(__file__).resolve().parent / "data" / "triposr_tiny"
@@ -134,3 +135,19 @@ def test_a_missing_file_given_by_flag_names_the_flag(setup, tmp_path):
     with pytest.raises(FileNotFoundError, match="--lift3d .*nope.ckpt does not exist.*triposr"):
         main(["run", str(setup["image"]), "--boxes", setup["boxes"], "--models", str(setup["models"]),
               "--lift3d", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "s.glb")] + FAST)
+
+
+def test_the_pipeline_benchmark_runs_the_whole_pipeline_with_tiny_models():
+    """benchmarks/pipeline.py --tiny: the models folder in the real formats, one run, the table."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--tiny", "--runs", "1",
+                          "--depth", "none", "--no-guidance"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("total ") for line in lines), out.stdout[-2000:]
+    for stage in ("segment", "inpaint", "lift3d", "init_pose", "refine", "export"):
+        assert any(line.startswith(stage) for line in lines), stage
+    # one object of the picture is partly hidden: it, and only it, is inpainted
+    assert "inpainted: [True, False, False]" in out.stdout
