@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -118,7 +117,8 @@ def write_models(root: Path, tiny: bool, device, depth: str) -> dict[str, Path]:
     from comboverse_ops.lift3d.config import load_triposr_config
     from comboverse_ops.lift3d.triposr import TripoSR
     from comboverse_ops.models.sam import SAM_ARCHITECTURES, build_sam
-    from tiny_models import save_tiny_depth_anything, save_tiny_sam, save_tiny_sd, write_tiny_tokenizer
+    from tiny_models import (save_tiny_depth_anything, save_tiny_sam, save_tiny_sd, save_tiny_triposr,
+                             write_tiny_tokenizer)
 
     files: dict[str, Path] = {}
 
@@ -138,9 +138,7 @@ def write_models(root: Path, tiny: bool, device, depth: str) -> dict[str, Path]:
               lambda: save_tiny_sd(root / "checkpoints", "sd1", False))
         files["inpaint_config"] = root / "checkpoints" / "config-sd2-inpainting"
         files["guidance_config"] = root / "checkpoints" / "config-sd1"
-        timed("lift3d", root / "triposr" / "model.ckpt",
-              lambda: shutil.copytree(ROOT / "tests" / "data" / "triposr_tiny", root / "triposr",
-                                              dirs_exist_ok=True))
+        timed("lift3d", root / "triposr" / "model.ckpt", lambda: save_tiny_triposr(root / "triposr"))
         if depth != "none":
             timed("depth", root / "depth_anything" / "tiny",
                   lambda: save_tiny_depth_anything(root / "depth_anything" / "tiny"))

@@ -31,7 +31,6 @@ pytestmark = pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "mai
 
 PACK = "ComfyUI-ComboVerse"  # the folder name in custom_nodes (README's install command)
 WORKFLOWS = ROOT / "workflows"
-TINY_TRIPOSR = Path(__file__).resolve().parent / "data" / "triposr_tiny"
 CLIP_VOCAB = 49408  # ComfyUI's own CLIP tokenizer, which the pack's SD loaders use inside ComfyUI
 
 
@@ -57,8 +56,7 @@ def _tiny_models(base: Path) -> dict:
     """Tiny models under the file names the workflows name, in ComfyUI's model folders, and the
     picture Load Image names. Returns what the test must set in the workflow to use them."""
     from comboverse_ops.atomic import save_png_atomic
-    from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
-    from tiny_models import save_tiny_sam, save_tiny_sd
+    from tiny_models import occluded_pair, save_tiny_sam, save_tiny_sd, save_tiny_triposr
 
     models, staging = base / "models", base / "tiny"
     save_tiny_sam(models / "sams" / "sam_vit_h_4b8939.pth")
@@ -68,13 +66,8 @@ def _tiny_models(base: Path) -> dict:
     guidance, guidance_cfg, _, _ = save_tiny_sd(staging / "guidance", "sd2", inpainting=False,
                                                 text_vocab_size=CLIP_VOCAB)
     shutil.copy(guidance, models / "checkpoints" / "v2-1_512-ema-pruned.safetensors")
-    (models / "triposr").mkdir(parents=True)
-    shutil.copytree(TINY_TRIPOSR / "dino-tiny", models / "triposr" / "dino-tiny")
-    shutil.copy(TINY_TRIPOSR / "config.yaml", models / "triposr" / "config.yaml")
-    shutil.copy(TINY_TRIPOSR / "model.ckpt", models / "triposr" / "model.ckpt")
-    # Seed 1: two objects, each partly hidden by the other, so Inpaint really runs SD.
-    proc = make_procedural_scene(1, ProceduralSettings(min_objects=2, max_objects=2, image_size=96))
-    obs = proc.observe()
+    save_tiny_triposr(models / "triposr")
+    proc, obs = occluded_pair()
     save_png_atomic(base / "input" / "example.png", obs.image)
     return {"boxes": json.dumps(obs.boxes.round().tolist()), "phrases": "\n".join(proc.phrases),
             "prompt": proc.prompt, "objects": len(proc.phrases),

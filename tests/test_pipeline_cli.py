@@ -11,12 +11,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import ROOT
-from tiny_models import save_tiny_depth_anything, save_tiny_sam, save_tiny_sd
+from tiny_models import occluded_pair, save_tiny_depth_anything, save_tiny_sam, save_tiny_sd, save_tiny_triposr
 
-TINY_TRIPOSR = Path(__file__).resolve().parent / "data" / "triposr_tiny"
 
 FAST = ["--inpaint-steps", "2", "--inpaint-resolution", "64", "--mc-resolution", "24", "--density-threshold", "0.5",
         "--max-faces", "400", "--steps", "3", "--refine-resolution", "48", "--ssds-views", "1",
@@ -27,7 +25,6 @@ FAST = ["--inpaint-steps", "2", "--inpaint-resolution", "64", "--mc-resolution",
 def setup(tmp_path_factory):
     """A models folder as a user lays it out, a guidance model elsewhere, and a 96 px picture."""
     from comboverse_ops.atomic import save_png_atomic
-    from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
 
     root = tmp_path_factory.mktemp("pipeline")
     models = root / "models"
@@ -35,13 +32,8 @@ def setup(tmp_path_factory):
     # Single-file SD-2 inpainting in the original layout; its tokenizer/ lands next to it.
     _, inpaint_cfg, _, _ = save_tiny_sd(models / "checkpoints", "sd2", inpainting=True)
     guidance, guidance_cfg, _, _ = save_tiny_sd(root / "guidance", "sd2", inpainting=False)
-    (models / "triposr").mkdir(parents=True)
-    shutil.copytree(TINY_TRIPOSR / "dino-tiny", models / "triposr" / "dino-tiny")
-    shutil.copy(TINY_TRIPOSR / "config.yaml", models / "triposr" / "config.yaml")
-    shutil.copy(TINY_TRIPOSR / "model.ckpt", models / "triposr" / "model.ckpt")
-    # Seed 1: two objects, each partly hidden by the other, so Inpaint really runs SD.
-    proc = make_procedural_scene(1, ProceduralSettings(min_objects=2, max_objects=2, image_size=96))
-    obs = proc.observe()
+    save_tiny_triposr(models / "triposr")
+    proc, obs = occluded_pair()
     image = save_png_atomic(root / "picture.png", obs.image)
     return {"root": root, "models": models, "image": image, "boxes": json.dumps(obs.boxes.round().tolist()),
             "phrases": json.dumps(list(proc.phrases)), "prompt": proc.prompt, "inpaint_cfg": inpaint_cfg,

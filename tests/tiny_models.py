@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import shutil
+
 import torch
 
 def node_class(pack, module: str, name: str):
@@ -318,3 +320,28 @@ def save_tiny_depth_anything(folder, preprocessor=True, kind="relative"):
             "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.485, 0.456, 0.406],
             "image_std": [0.229, 0.224, 0.225]}))
     return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# TripoSR and a picture that needs inpainting
+
+TINY_TRIPOSR = Path(__file__).resolve().parent / "data" / "triposr_tiny"
+
+
+def save_tiny_triposr(folder: Path) -> Path:
+    """The reduced TripoSR release of tests/data (``config.yaml``, ``model.ckpt`` and the DINO
+    config it names) copied into ``folder`` (e.g. ``models/triposr``); returns the model.ckpt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(TINY_TRIPOSR / "dino-tiny", folder / "dino-tiny", dirs_exist_ok=True)
+    shutil.copy(TINY_TRIPOSR / "config.yaml", folder / "config.yaml")
+    return Path(shutil.copy(TINY_TRIPOSR / "model.ckpt", folder / "model.ckpt"))
+
+
+def occluded_pair(size: int = 96):
+    """A procedural scene of two objects, each partly hidden by the other (so Inpaint really runs
+    SD), and its observation: ``(scene, observation)``."""
+    from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
+
+    proc = make_procedural_scene(1, ProceduralSettings(min_objects=2, max_objects=2, image_size=size))
+    return proc, proc.observe()
+
