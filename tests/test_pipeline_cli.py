@@ -143,3 +143,56 @@ def test_the_pipeline_benchmark_runs_the_whole_pipeline_with_tiny_models():
         assert any(line.startswith(stage) for line in lines), stage
     # one object of the picture is partly hidden: it, and only it, is inpainted
     assert "inpainted: [True, False, False]" in out.stdout
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(),
+                    reason="the nodes run on ComfyUI's device (CUDA here, fp16) and FAST runs the CLI on the CPU")
+def test_the_full_pipeline_workflow_run_node_by_node_gives_the_cli_poses(setup, tmp_path, monkeypatch, pack,
+                                                                         output_dir):
+    """workflows/api/full_pipeline.json through the node classes, in workflow order, with the CLI's
+    settings and models: the same poses as `comboverse run`."""
+    import torch
+
+    from comboverse_ops.cli import main
+    from comboverse_ops.pipeline import load_image_hwc
+    from conftest import ROOT, run_api_workflow
+
+    # One models folder for both: the guidance checkpoint joins the others in checkpoints/.
+    models = tmp_path / "models"
+    shutil.copytree(setup["models"], models)
+    guidance = models / "checkpoints" / "tiny-sd2-guidance.safetensors"
+    shutil.copy(setup["guidance"], guidance)
+    inpaint = next(p for p in (models / "checkpoints").glob("*.safetensors") if "inpainting" in p.name)
+
+    out = tmp_path / "cli" / "scene.glb"
+    assert main(["run", str(setup["image"]), "--boxes", setup["boxes"], "--phrases", setup["phrases"],
+                 "--prompt", setup["prompt"], "--models", str(models), "--out", str(out),
+                 "--inpaint", str(inpaint), "--inpaint-config", str(setup["inpaint_cfg"]),
+                 "--guidance", str(guidance), "--guidance-config", str(setup["guidance_cfg"])] + FAST) == 0
+    cli = json.loads((out.parent / "scene_report.json").read_text())["objects"]
+
+    monkeypatch.setenv("COMBOVERSE_MODELS_DIR", str(models))
+    prompt = json.loads((ROOT / "workflows" / "api" / "full_pipeline.json").read_text())
+    settings = {  # the values FAST gives the CLI, and the CLI's inputs
+        "ComboVerseLoadSAM": {"sam_name": "sam_tiny.pth"},
+        "ComboVerseSegment": {"boxes_text": setup["boxes"], "phrases": "\n".join(json.loads(setup["phrases"]))},
+        "ComboVerseLoadInpaintModel": {"ckpt_name": inpaint.name, "config_dir": str(setup["inpaint_cfg"])},
+        "ComboVerseInpaint": {"steps": 2, "resolution": 64},
+        "ComboVerseLift3D": {"resolution": 24, "density_threshold": 0.5, "max_faces": 400},
+        "ComboVerseLoadGuidanceModel": {"ckpt_name": guidance.name, "config_dir": str(setup["guidance_cfg"])},
+        "ComboVerseSSDSRefine": {"steps": 3, "resolution": 48, "prompt": setup["prompt"], "views_per_step": 1,
+                                 "ssds_resolution": 32},
+    }
+
+    def load_image(image):  # core LoadImage: IMAGE [1, H, W, 3] in [0, 1], MASK from the alpha
+        rgb = load_image_hwc(setup["image"])
+        return rgb[None, ..., :3], torch.zeros(1, *rgb.shape[:2])
+
+    results = run_api_workflow(pack, prompt, settings, core={"LoadImage": load_image})
+    refine = next(k for k, n in prompt.items() if n["class_type"] == "ComboVerseSSDSRefine")
+    scene = results[refine][0]
+    assert len(scene.objects) == len(cli) == setup["n"]
+    for obj, ref in zip(scene.objects, cli):
+        for got, want in ((obj.pose.scale, [ref["scale"]]), (obj.pose.rotation, ref["rotation"]),
+                          (obj.pose.translation, ref["translation"])):
+            assert torch.allclose(got.detach().cpu().float(), torch.tensor(want), atol=1e-5), (obj.name, got, want)

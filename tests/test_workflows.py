@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict, deque
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, api_order, run_api_workflow
 
 GRAPH_DIR = ROOT / "workflows"
 API_DIR = GRAPH_DIR / "api"
@@ -331,30 +330,6 @@ def test_full_pipeline_has_every_stage(definitions):
 # API format
 # --------------------------------------------------------------------------------------------
 
-def _api_order(prompt: dict) -> list[str]:
-    deps = defaultdict(set)
-    for key, node in prompt.items():
-        for value in node["inputs"].values():
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
-                deps[key].add(value[0])
-    indeg = {k: len(deps[k]) for k in prompt}
-    users = defaultdict(list)
-    for k, ds in deps.items():
-        for d in ds:
-            users[d].append(k)
-    ready = deque(sorted(k for k, n in indeg.items() if n == 0))
-    order = []
-    while ready:
-        k = ready.popleft()
-        order.append(k)
-        for u in users[k]:
-            indeg[u] -= 1
-            if indeg[u] == 0:
-                ready.append(u)
-    assert len(order) == len(prompt), "the API workflow has a cycle"
-    return order
-
-
 @pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.name)
 def test_api_workflow_is_wired_as_the_nodes_declare(path, definitions):
     prompt = json.loads(path.read_text())
@@ -378,7 +353,7 @@ def test_api_workflow_is_wired_as_the_nodes_declare(path, definitions):
         for decl in d["inputs"]:
             if decl["required"]:
                 assert decl["name"] in node["inputs"], f"{where}: required input {decl['name']} missing"
-    _api_order(prompt)
+    api_order(prompt)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -415,28 +390,11 @@ SMALL = {  # small settings so the headless run takes seconds on a CPU
 }
 
 
-DISPLAY_ONLY = {"PreviewImage", "Preview3D"}  # core output nodes: ComfyUI runs them (tests/test_comfyui_real.py)
-
-
 def test_layout_only_api_workflow_runs_headless_and_writes_one_node_per_object(pack, output_dir, one_thread):
     import trimesh
 
     prompt = json.loads((API_DIR / "layout_only.json").read_text())
-    results = {}
-    for key in _api_order(prompt):
-        node = prompt[key]
-        if node["class_type"] in DISPLAY_ONLY:
-            continue
-        cls = pack.NODE_CLASS_MAPPINGS[node["class_type"]]
-        kwargs = {}
-        for name, value in node["inputs"].items():
-            kwargs[name] = results[value[0]][value[1]] if isinstance(value, list) else value
-        kwargs.update(SMALL.get(node["class_type"], {}))
-        out = getattr(cls(), cls.FUNCTION)(**kwargs)
-        if isinstance(out, dict):
-            out = out["result"]
-        assert len(out) == len(cls.RETURN_TYPES), key
-        results[key] = out
+    results = run_api_workflow(pack, prompt, SMALL)
 
     exports = [k for k, n in prompt.items() if n["class_type"] == "ComboVerseExportMesh"]
     assert len(exports) == 1
