@@ -254,8 +254,8 @@ class SSDSGuidance:
         s = self.settings
         cams = sample_views(scene, s.views, s.render_resolution, s.view_sampling, self.generator)
         rgb = render_scene(scene, cams, backend=s.backend, check=False).rgb  # [V, H, W, 3], objects over white
-        # Every view's timestep and noise first, from the one CPU generator, moved in one copy:
-        # chunking changes no number, and the step never waits for the GPU in between.
+        # Every view's timestep and noise first, from the one CPU generator, copied to the device
+        # without waiting for it: chunking changes no number.
         t = self.sample_timesteps(s.views)
         noise = torch.randn((s.views, self.latent_channels, *self._latent_hw()), generator=self.generator)
         t, noise = t.to(self.device, non_blocking=True), noise.to(self.device, non_blocking=True)
