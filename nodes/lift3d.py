@@ -114,6 +114,15 @@ class Lift3D:
         return (meshes, cond.to(host.intermediate_device()))
 
 
+def _frame_inputs() -> dict:
+    """The widgets both mesh importers share: which way the file's front and up point, and decimation."""
+    return {
+        "front_axis": (list(AXES), {"default": "+Z", "tooltip": _FRONT_TIP}),
+        "up_axis": (list(AXES), {"default": "+Y", "tooltip": _UP_TIP}),
+        "max_faces": ("INT", {"default": 50000, "min": 0, "max": 2_000_000, "step": 1000, "tooltip": _MAX_FACES_TIP}),
+    }
+
+
 class MeshesFromMESH:
     DESCRIPTION = ("Turns the core MESH of any 3D node (Hunyuan3D, TRELLIS, Load 3D ...) into ComboVerse object "
                    "meshes: each batch entry becomes one object, decimated and moved into the pack's object frame "
@@ -130,10 +139,7 @@ class MeshesFromMESH:
             "required": {
                 "mesh": ("MESH", {"tooltip": "A core MESH; each batch entry is one object, in the order of the "
                                              "objects' boxes."}),
-                "front_axis": (list(AXES), {"default": "+Z", "tooltip": _FRONT_TIP}),
-                "up_axis": (list(AXES), {"default": "+Y", "tooltip": _UP_TIP}),
-                "max_faces": ("INT", {"default": 50000, "min": 0, "max": 2_000_000, "step": 1000,
-                                      "tooltip": _MAX_FACES_TIP}),
+                **_frame_inputs(),
                 "name": ("STRING", {"default": "object", "tooltip": "Object name (used in the GLB); entries of a "
                                                                     "batch get _0, _1 ... appended."}),
             },
@@ -163,10 +169,7 @@ class MeshesFromFile:
                 "paths": ("STRING", {"multiline": True, "default": "",
                                      "tooltip": "One file per line, in the order of the objects' boxes: relative to "
                                                 "ComfyUI's input folder (or input/3d), or absolute."}),
-                "front_axis": (list(AXES), {"default": "+Z", "tooltip": _FRONT_TIP}),
-                "up_axis": (list(AXES), {"default": "+Y", "tooltip": _UP_TIP}),
-                "max_faces": ("INT", {"default": 50000, "min": 0, "max": 2_000_000, "step": 1000,
-                                      "tooltip": _MAX_FACES_TIP}),
+                **_frame_inputs(),
             },
             "optional": {"meshes": (MESHES, {"tooltip": _APPEND_TIP})},
         }
