@@ -113,6 +113,8 @@ def core_mesh_items(core_mesh) -> list[dict]:
             raise ValueError(f"MESH: expected vertices [B, N, 3] (or a list of [N, 3] tensors), "
                              f"got {tuple(vertices.shape)}")
     batch = len(vertices)
+    if batch == 0:
+        raise ValueError("MESH: holds no meshes (batch size 0); expected at least one object")
     v_counts = None if ragged else _counts(core_mesh, "vertex_counts", batch)
     f_counts = None if ragged else _counts(core_mesh, "face_counts", batch)
     c_counts = v_counts

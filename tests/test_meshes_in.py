@@ -94,6 +94,8 @@ def test_malformed_core_mesh_batches_are_named():
     box = _box()
     with pytest.raises(ValueError, match=r"MESH.faces: expected 2 per-item tensors \(as vertices\), got a list of 1"):
         meshes_from_core_mesh(SimpleNamespace(vertices=[box.vertices, box.vertices], faces=[box.faces]))
+    with pytest.raises(ValueError, match="MESH: holds no meshes"):
+        meshes_from_core_mesh(SimpleNamespace(vertices=[], faces=[]))
     core = _core_mesh([box, box])
     core.vertex_counts = torch.tensor([8, 99])
     with pytest.raises(ValueError, match=r"MESH.vertices: counts \[8, 99\] exceed the padded length 8"):
