@@ -10,6 +10,8 @@ GLB written by :func:`scene_to_glb_bytes` (glTF 2.0, one JSON and one BIN chunk)
   colours), TEXCOORD_0 (when it has uvs; ``v`` flipped from the pack's OpenGL convention, see
   :mod:`.mesh`); the texture is embedded as PNG. glTF multiplies COLOR_0 with the base colour
   texture when a mesh has both; a mesh with neither gets :attr:`Mesh.DEFAULT_COLOR`.
+- colours: COLOR_0 and ``baseColorFactor`` are linear in glTF, textures sRGB; the pack's sRGB
+  values are converted on the way out and back in (:mod:`.colorspace`).
 
 ComfyUI's core ``MESH`` is an object with ``vertices`` ``[B, N, 3]`` float and ``faces``
 ``[B, M, 3]`` int. This module only makes and reads those arrays; the node layer wraps them in
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from .atomic import write_bytes_atomic
+from .colorspace import linear_to_srgb, srgb_to_linear
 from .mesh import Mesh
 from .pose import matrix_to_quat_xyzw
 from .scene import Scene, SceneObject
@@ -129,7 +132,8 @@ def _add_object(b: _GlbBuilder, obj: SceneObject) -> int:
     attributes = {"POSITION": b.accessor(_numpy(mesh.vertices, np.float32), _ARRAY_BUFFER, bounds=True),
                   "NORMAL": b.accessor(_unit_normals(mesh), _ARRAY_BUFFER)}
     if mesh.vertex_colors is not None:
-        attributes["COLOR_0"] = b.accessor(_numpy(mesh.vertex_colors.clamp(0, 1), np.float32), _ARRAY_BUFFER)
+        attributes["COLOR_0"] = b.accessor(_numpy(srgb_to_linear(mesh.vertex_colors.detach()), np.float32),
+                                           _ARRAY_BUFFER)
     pbr = {"metallicFactor": 0.0, "roughnessFactor": 1.0}
     if mesh.has_texture:
         uv = _numpy(mesh.uvs, np.float32)
@@ -142,7 +146,7 @@ def _add_object(b: _GlbBuilder, obj: SceneObject) -> int:
                                  "mimeType": "image/png"})
         pbr["baseColorTexture"] = {"index": b.add("textures", {"sampler": 0, "source": image})}
     elif mesh.vertex_colors is None:
-        pbr["baseColorFactor"] = [*Mesh.DEFAULT_COLOR, 1.0]
+        pbr["baseColorFactor"] = [*srgb_to_linear(torch.tensor(Mesh.DEFAULT_COLOR, dtype=torch.float64)).tolist(), 1.0]
     # Indices 65535 (uint16) are primitive restart values, hence the strict bound.
     index_type = np.uint16 if mesh.num_vertices < 65535 else np.uint32
     indices = b.accessor(_numpy(mesh.faces, np.int64).reshape(-1).astype(index_type), _ELEMENT_ARRAY_BUFFER)
@@ -190,8 +194,11 @@ def _unit_colors(colors) -> np.ndarray:
     return np.clip(c.astype(np.float32) / scale, 0.0, 1.0)
 
 
-def _mesh_from_trimesh(geom, transform: np.ndarray, name: str) -> Mesh:
-    """A :class:`Mesh` from a ``trimesh.Trimesh`` with ``transform`` (``[4, 4]``) baked into it."""
+def _mesh_from_trimesh(geom, transform: np.ndarray, name: str, linear_colors: bool = False) -> Mesh:
+    """A :class:`Mesh` from a ``trimesh.Trimesh`` with ``transform`` (``[4, 4]``) baked into it.
+
+    ``linear_colors``: the file stores vertex colours and colour factors as linear values (glTF;
+    trimesh hands them over unconverted), so they are turned into the pack's sRGB values."""
     import trimesh
 
     verts = trimesh.transformations.transform_points(np.asarray(geom.vertices, dtype=np.float64), transform)
@@ -213,6 +220,8 @@ def _mesh_from_trimesh(geom, transform: np.ndarray, name: str) -> Mesh:
         colors = _unit_colors(visual.vertex_colors)
     if factor is not None and texture is None:
         colors = np.broadcast_to(factor, verts.shape) if colors is None else colors * factor
+    if colors is not None and linear_colors:
+        colors = linear_to_srgb(np.ascontiguousarray(colors)).numpy()
 
     def tensor(a):
         return None if a is None else torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
@@ -225,8 +234,9 @@ def load_mesh_file(path: str | os.PathLike) -> list[Mesh]:
 
     Each mesh instance in the file's scene graph becomes one :class:`Mesh` in the file's world
     frame (node transforms applied), named after its node (made unique). Vertex colours and a
-    base-colour texture with uvs are kept (uvs in the OpenGL convention of :mod:`.mesh`);
-    point clouds and lines are skipped.
+    base-colour texture with uvs are kept (uvs in the OpenGL convention of :mod:`.mesh`; colours
+    as sRGB values, converted from linear for .glb / .gltf, see :mod:`.colorspace`); point
+    clouds and lines are skipped.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -238,6 +248,7 @@ def load_mesh_file(path: str | os.PathLike) -> list[Mesh]:
     if not path.is_file():
         raise FileNotFoundError(f"mesh file not found: {str(path)!r}")
     loaded = trimesh.load(str(path), force="scene", process=False)
+    gltf = path.suffix.lower() in (".glb", ".gltf")  # linear colours; OBJ / PLY colours are sRGB
     meshes, used = [], set()
     # trimesh lists nodes in reverse; order them by geometry, i.e. by mesh order in the file.
     geometry_order = {name: i for i, name in enumerate(loaded.geometry)}
@@ -252,7 +263,7 @@ def load_mesh_file(path: str | os.PathLike) -> list[Mesh]:
         while name in used:
             name, k = f"{node}_{k}", k + 1
         used.add(name)
-        meshes.append(_mesh_from_trimesh(geom, np.asarray(transform), name))
+        meshes.append(_mesh_from_trimesh(geom, np.asarray(transform), name, linear_colors=gltf))
     if not meshes:
         raise ValueError(f"mesh file {str(path)!r}: expected at least one triangle mesh, found none")
     return meshes
@@ -276,7 +287,8 @@ def scene_to_mesh_arrays(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def scene_vertex_colors(scene: Scene) -> torch.Tensor:
-    """``[1, N, 3]`` float32 colours in [0, 1] of the vertices of :func:`scene_to_mesh_arrays`.
+    """``[1, N, 3]`` float32 sRGB colours in [0, 1] of the vertices of :func:`scene_to_mesh_arrays`
+    (the pack's convention: core ``MESH.vertex_colors`` wants :func:`.colorspace.srgb_to_linear` of them).
 
     Vertex colours as they are; textured objects get their texture sampled at each vertex's uv
     (times any vertex colour), so a viewer without textures still shows each object's look.
@@ -310,8 +322,9 @@ def meshes_from_mesh_arrays(vertices, faces, colors=None, *, name: str = "mesh")
     Args:
         vertices: ``[B, N, 3]`` (or ``[N, 3]``) float positions, tensor or array.
         faces: ``[B, M, 3]`` (or ``[M, 3]``) integer indices into the same entry's vertices.
-        colors: optional ``[B, N, 3]`` or ``[B, N, 4]`` vertex colours, float in [0, 1] or
-            uint8 in [0, 255]; alpha is dropped.
+        colors: optional ``[B, N, 3]`` or ``[B, N, 4]`` vertex colours, linear as in core ``MESH``
+            (float in [0, 1] or uint8 in [0, 255]; alpha is dropped), returned as the pack's
+            sRGB values (:mod:`.colorspace`).
         name: mesh names are ``name`` for one entry, ``f"{name}_{b}"`` for several.
     Returns:
         ``B`` validated meshes (float32 vertices, int64 faces, copies of the inputs).
@@ -331,7 +344,7 @@ def meshes_from_mesh_arrays(vertices, faces, colors=None, *, name: str = "mesh")
         c = _batched(colors, "colors", (3, 4))
         if c.shape[:2] != v.shape[:2]:
             raise ValueError(f"colors: expected [{v.shape[0]}, {v.shape[1]}, 3 or 4] (as vertices), got {tuple(c.shape)}")
-        c = c[..., :3].float() / 255.0 if c.dtype == torch.uint8 else c[..., :3].float()
+        c = linear_to_srgb(c[..., :3].float() / 255.0 if c.dtype == torch.uint8 else c[..., :3].float())
     n = v.shape[1]
     meshes = []
     for i in range(v.shape[0]):

@@ -6,12 +6,23 @@ the canonical object frame (:mod:`.mesh`: +Y up, front +Z, centred, longest side
 says which of the source's axes is the object's front and which is up
 (:mod:`.lift3d.frames`); meshes are decimated to a face budget (the paper uses 50,000) first.
 
-Core ``MESH`` (read by attribute, so any ComfyUI version works; nothing here imports ComfyUI):
-``vertices [B, N, 3]``, ``faces [B, M, 3]``; optional ``vertex_counts`` / ``face_counts [B]``
-(real lengths of a zero-padded batch), ``vertex_colors`` (or ``colors``) ``[B, N, 3|4]`` in [0, 1],
-``uvs [B, N, 2]`` and ``texture [B, H, W, 3]``. ComfyUI writes ``uvs`` to glTF unchanged, so they
-follow glTF's convention (``v`` down); they are flipped into the pack's (``v`` up). Each batch
-entry is one object.
+Core ``MESH`` (read by attribute, so any ComfyUI version works; nothing here imports ComfyUI),
+in every form core nodes produce (checked against ComfyUI's 2026 ``comfy_api`` MESH type,
+SaveGLB and its mesh post-processing nodes):
+
+- a tensor batch: ``vertices [B, N, 3]``, ``faces [B, M, 3]`` (or one mesh, ``[N, 3]`` / ``[M, 3]``);
+- a zero-padded batch: the same plus ``vertex_counts`` / ``face_counts [B]``, the real lengths;
+  per-vertex attributes are cut to ``vertex_counts`` too (``colors`` to ``color_counts`` if set);
+- a ragged batch: Python lists of per-item tensors (``vertices[i] [N_i, 3]``, ``faces[i] [M_i, 3]``,
+  per-vertex attributes likewise), as core's Decimate / Fill Holes nodes return meshes of
+  different sizes; list items are taken whole (any counts describe an earlier padded form).
+
+Optional attributes: ``vertex_colors`` (``colors`` in early TRELLIS.2 nodes) ``[B, N, 3|4]``,
+**linear** values in [0, 1] as glTF stores them (core's SaveGLB writes them to ``COLOR_0``
+unchanged), converted to the pack's sRGB (:mod:`.colorspace`); ``uvs [B, N, 2]`` and ``texture
+[B, H, W, 3]`` (sRGB, kept as it is). ComfyUI writes ``uvs`` to glTF unchanged, so they follow
+glTF's convention (``v`` down); they are flipped into the pack's (``v`` up). Each batch entry is
+one object.
 """
 
 from __future__ import annotations
@@ -23,12 +34,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .colorspace import linear_to_srgb
 from .lift3d.decimate import decimate
 from .lift3d.frames import to_canonical_frame
 from .mesh import Mesh
 
-__all__ = ["meshes_from_core_mesh", "mesh_from_file", "merge_meshes", "canonical_object", "texture_to_vertex_colors",
-           "append_objects"]
+__all__ = ["meshes_from_core_mesh", "core_mesh_items", "mesh_from_file", "merge_meshes", "canonical_object",
+           "texture_to_vertex_colors", "append_objects"]
 
 
 def canonical_object(mesh: Mesh, *, front: str = "+Z", up: str = "+Y", max_faces: int = 50_000) -> Mesh:
@@ -36,16 +48,84 @@ def canonical_object(mesh: Mesh, *, front: str = "+Z", up: str = "+Y", max_faces
     return to_canonical_frame(decimate(mesh.validate(), max_faces), front=front, up=up)
 
 
-def _item(value, index: int, count: int | None, what: str, batch: int):
-    """Entry ``index`` of a batched MESH attribute, cut to ``count`` rows of a padded batch."""
+def _per_item(value, what: str, batch: int, counts: list[int] | None = None, shared: bool = False) -> list:
+    """A MESH attribute as ``batch`` per-item tensors (module doc), ``[None] * batch`` when absent.
+
+    ``value`` is a list of per-item tensors, or a ``[B, ...]`` tensor whose item ``i`` is cut to
+    ``counts[i]`` rows when counts are given; ``shared``: a ``[1, ...]`` tensor serves every item.
+    """
+    if value is None:
+        return [None] * batch
+    if isinstance(value, (list, tuple)):
+        if len(value) != batch:
+            raise ValueError(f"MESH.{what}: expected {batch} per-item tensors (as vertices), "
+                             f"got a list of {len(value)}")
+        return [None if x is None else torch.as_tensor(x).detach() for x in value]
+    t = torch.as_tensor(value).detach()
+    if shared and t.ndim >= 1 and t.shape[0] == 1 and batch > 1:
+        return [t[0]] * batch
+    if t.ndim < 2 or t.shape[0] != batch:
+        raise ValueError(f"MESH.{what}: expected a batch of {batch} (as vertices), got shape {tuple(t.shape)}")
+    if counts is None:
+        return list(t.unbind(0))
+    if max(counts) > t.shape[1]:
+        raise ValueError(f"MESH.{what}: counts {counts} exceed the padded length {t.shape[1]}")
+    return [t[i, :n] for i, n in enumerate(counts)]
+
+
+def _counts(core_mesh, name: str, batch: int) -> list[int] | None:
+    value = getattr(core_mesh, name, None)
     if value is None:
         return None
-    t = torch.as_tensor(value).detach()
-    if t.ndim < 2 or t.shape[0] != batch:
-        if what == "texture" and t.ndim == 4 and t.shape[0] == 1:
-            return t[0]  # one texture shared by every entry
-        raise ValueError(f"MESH.{what}: expected a batch of {batch} (as vertices), got shape {tuple(t.shape)}")
-    return t[index] if count is None else t[index, :count]
+    counts = [int(n) for n in torch.as_tensor(value).reshape(-1).tolist()]
+    if len(counts) != batch or min(counts) < 0:
+        raise ValueError(f"MESH.{name}: expected {batch} non-negative lengths (one per mesh), got {counts}")
+    return counts
+
+
+def core_mesh_items(core_mesh) -> list[dict]:
+    """Per-item tensors of a ComfyUI ``MESH`` in any of the forms of the module doc.
+
+    Returns:
+        one dict per batch entry with ``vertices [N, 3]``, ``faces [M, 3]`` and (None where absent)
+        ``vertex_colors [N, 3|4]`` (linear, as the MESH holds them), ``uvs [N, 2]``, ``texture
+        [H, W, 3]``: views of the input, padding cut off; dtypes as given.
+    Raises:
+        ValueError: not a MESH, or attributes whose batch sizes or counts do not match.
+    """
+    vertices, faces = getattr(core_mesh, "vertices", None), getattr(core_mesh, "faces", None)
+    if vertices is None or faces is None:
+        raise ValueError(f"mesh: expected a ComfyUI MESH (with vertices and faces), got {type(core_mesh).__name__}")
+    colors, colors_attr = getattr(core_mesh, "vertex_colors", None), "vertex_colors"
+    if colors is None:
+        colors, colors_attr = getattr(core_mesh, "colors", None), "colors"  # early TRELLIS.2 nodes (2026)
+    uvs, texture = getattr(core_mesh, "uvs", None), getattr(core_mesh, "texture", None)
+    ragged = isinstance(vertices, (list, tuple))
+    if not ragged:
+        vertices = torch.as_tensor(vertices).detach()
+        if vertices.ndim == 2:  # one mesh without a batch axis: every attribute is one item
+            vertices, faces = [vertices], [faces]
+            colors, uvs = (None if x is None else [x] for x in (colors, uvs))
+            if texture is not None and torch.as_tensor(texture).ndim == 3:
+                texture = [texture]
+            ragged = True
+        elif vertices.ndim != 3 or vertices.shape[-1] != 3:
+            raise ValueError(f"MESH: expected vertices [B, N, 3] (or a list of [N, 3] tensors), "
+                             f"got {tuple(vertices.shape)}")
+    batch = len(vertices)
+    if batch == 0:
+        raise ValueError("MESH: holds no meshes (batch size 0); expected at least one object")
+    v_counts = None if ragged else _counts(core_mesh, "vertex_counts", batch)
+    f_counts = None if ragged else _counts(core_mesh, "face_counts", batch)
+    c_counts = v_counts
+    if colors_attr == "colors" and not ragged and getattr(core_mesh, "color_counts", None) is not None:
+        c_counts = _counts(core_mesh, "color_counts", batch)
+    columns = {"vertices": _per_item(vertices, "vertices", batch, v_counts),
+               "faces": _per_item(faces, "faces", batch, f_counts),
+               "vertex_colors": _per_item(colors, colors_attr, batch, c_counts),
+               "uvs": _per_item(uvs, "uvs", batch, v_counts),
+               "texture": _per_item(texture, "texture", batch, None, shared=True)}
+    return [{k: col[i] for k, col in columns.items()} for i in range(batch)]
 
 
 def meshes_from_core_mesh(core_mesh, *, front: str = "+Z", up: str = "+Y", max_faces: int = 50_000,
@@ -53,51 +133,36 @@ def meshes_from_core_mesh(core_mesh, *, front: str = "+Z", up: str = "+Y", max_f
     """One canonical-frame :class:`Mesh` per batch entry of a ComfyUI ``MESH`` (module doc).
 
     Args:
-        core_mesh: the ``MESH`` value (any object with the attributes of the module doc).
+        core_mesh: the ``MESH`` value: tensor batch, padded batch with counts, or lists.
         front, up: the source axes of the objects' front and top (``"+X"`` ... ``"-Z"``).
         max_faces: decimate to at most this many faces (0 keeps all).
         name: mesh names are ``name`` for one entry, ``f"{name}_{b}"`` for several.
     Returns:
-        ``B`` meshes on the CPU (float32, colours / uv texture kept where given).
+        ``B`` meshes on the CPU (float32; vertex colours converted from linear to sRGB, uv texture
+        kept where given).
     Raises:
         ValueError: missing or malformed attributes, naming the attribute and the shapes.
     """
-    vertices, faces = getattr(core_mesh, "vertices", None), getattr(core_mesh, "faces", None)
-    if vertices is None or faces is None:
-        raise ValueError(f"mesh: expected a ComfyUI MESH (with vertices and faces), got {type(core_mesh).__name__}")
-    v_all, f_all = torch.as_tensor(vertices).detach(), torch.as_tensor(faces).detach()
-    if v_all.ndim == 2:
-        v_all, f_all = v_all[None], f_all[None]
-    if v_all.ndim != 3 or v_all.shape[-1] != 3 or f_all.ndim != 3 or f_all.shape[-1] != 3:
-        raise ValueError(f"MESH: expected vertices [B, N, 3] and faces [B, M, 3], got {tuple(v_all.shape)} and "
-                         f"{tuple(f_all.shape)}")
-    if f_all.shape[0] != v_all.shape[0]:
-        raise ValueError(f"MESH: vertices hold {v_all.shape[0]} meshes but faces hold {f_all.shape[0]}")
-    v_counts, f_counts = getattr(core_mesh, "vertex_counts", None), getattr(core_mesh, "face_counts", None)
-    colors = getattr(core_mesh, "vertex_colors", None)
-    if colors is None:
-        colors = getattr(core_mesh, "colors", None)  # older ComfyUI / TRELLIS nodes
-    uvs, texture = getattr(core_mesh, "uvs", None), getattr(core_mesh, "texture", None)
-    b = v_all.shape[0]
+    items = core_mesh_items(core_mesh)
     out = []
-    for i in range(b):
-        nv = None if v_counts is None else int(v_counts[i])
-        nf = None if f_counts is None else int(f_counts[i])
-        v = _item(v_all, i, nv, "vertices", b).to(torch.float32)
-        f = _item(f_all, i, nf, "faces", b).to(torch.int64)
-        c = _item(colors, i, nv, "vertex_colors", b)
-        if c is not None:
-            c = (c.float() / 255.0 if c.dtype == torch.uint8 else c.float())[:, :3].clamp(0, 1)
-        uv, tex = _item(uvs, i, nv, "uvs", b), _item(texture, i, None, "texture", b)
-        if uv is None or tex is None:
-            uv = tex = None
-        else:
-            uv = uv.float().clone()
-            uv[:, 1] = 1.0 - uv[:, 1]  # glTF (v down) -> pack (v up)
-            tex = tex[..., :3].float().clamp(0, 1)
-        label = name if b == 1 else f"{name}_{i}"
+    for i, item in enumerate(items):
+        label = name if len(items) == 1 else f"{name}_{i}"
         try:
-            mesh = Mesh(vertices=v.clone(), faces=f.clone(), vertex_colors=c, uvs=uv, texture=tex, name=label)
+            v, f, c = item["vertices"], item["faces"], item["vertex_colors"]
+            if f.is_floating_point():
+                raise ValueError(f"faces must be integer indices, got {f.dtype}")
+            if c is not None:
+                c = linear_to_srgb((c.float() / 255.0 if c.dtype == torch.uint8 else c.float())[..., :3])
+            uv, tex = item["uvs"], item["texture"]
+            if uv is None or tex is None:
+                uv = tex = None
+            else:
+                uv = uv.float().clone()
+                uv[:, 1] = 1.0 - uv[:, 1]  # glTF (v down) -> pack (v up)
+                tex = tex[..., :3].float().clamp(0, 1)
+            mesh = Mesh(vertices=v.to("cpu", torch.float32).clone(), faces=f.to("cpu", torch.int64).clone(),
+                        vertex_colors=None if c is None else c.cpu(), uvs=None if uv is None else uv.cpu(),
+                        texture=None if tex is None else tex.cpu(), name=label)
             out.append(canonical_object(mesh, front=front, up=up, max_faces=max_faces))
         except ValueError as err:
             raise ValueError(f"MESH batch entry {i}: {err}") from err

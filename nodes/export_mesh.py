@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..comboverse_ops.colorspace import srgb_to_linear
 from ..comboverse_ops.export import scene_to_mesh_arrays, scene_vertex_colors, write_glb
 from .host import SCENE, make_core_mesh, next_output_path
 
@@ -15,7 +16,8 @@ class ExportMesh:
     OUTPUT_NODE = True
     RETURN_TYPES = ("MESH", "STRING")
     RETURN_NAMES = ("mesh", "glb_path")
-    OUTPUT_TOOLTIPS = ("All objects merged in world space (core MESH, batch of 1).",
+    OUTPUT_TOOLTIPS = ("All objects merged in world space (core MESH, batch of 1; vertex colours linear, as glTF "
+                       "and core SaveGLB expect).",
                        "The written GLB, relative to the output folder (Preview3D's model_file).")
 
     @classmethod
@@ -31,7 +33,7 @@ class ExportMesh:
         path, filename, subfolder = next_output_path(filename_prefix, "glb")
         write_glb(scene, path)
         vertices, faces = scene_to_mesh_arrays(scene)
-        mesh = make_core_mesh(vertices, faces, scene_vertex_colors(scene))
+        mesh = make_core_mesh(vertices, faces, srgb_to_linear(scene_vertex_colors(scene)))  # core MESH: linear
         rel = f"{subfolder}/{filename}" if subfolder else filename
         ui = {"3d": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}
         return {"ui": ui, "result": (mesh, rel)}

@@ -61,10 +61,15 @@ def next_output_path(filename_prefix: str, extension: str) -> tuple[Path, str, s
 
 
 def make_core_mesh(vertices: torch.Tensor, faces: torch.Tensor, vertex_colors: torch.Tensor | None = None):
-    """A ComfyUI core ``MESH`` (``vertices [B,N,3]``, ``faces [B,M,3]``).
+    """A ComfyUI core ``MESH`` (``vertices [B,N,3]`` float, ``faces [B,M,3]`` int, a plain tensor
+    batch, which core SaveGLB / Preview3D of every version read).
 
-    Uses ComfyUI's own class; vertex colours are passed where that version supports them.
-    Outside ComfyUI a small stand-in with the same attributes is returned.
+    ``vertex_colors``: ``[B,N,3]`` **linear** values in [0, 1], core's convention (its SaveGLB
+    writes them to glTF ``COLOR_0`` unchanged); convert the pack's sRGB colours with
+    :func:`..comboverse_ops.colorspace.srgb_to_linear` first. Uses ComfyUI's own class; the
+    colours go to its constructor where that version takes them, else onto the object as an
+    attribute (which older SaveGLB ignores). Outside ComfyUI a small stand-in with the same
+    attributes is returned.
     """
     mesh_cls = None
     try:
@@ -84,7 +89,10 @@ def make_core_mesh(vertices: torch.Tensor, faces: torch.Tensor, vertex_colors: t
             return mesh_cls(vertices, faces, vertex_colors=vertex_colors)
         except TypeError:  # ComfyUI before vertex colours on MESH (2026-05)
             pass
-    return mesh_cls(vertices, faces)
+    mesh = mesh_cls(vertices, faces)
+    if vertex_colors is not None:
+        mesh.vertex_colors = vertex_colors
+    return mesh
 
 
 class CoreMeshStandIn:

@@ -137,8 +137,9 @@ class MeshesFromMESH:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "mesh": ("MESH", {"tooltip": "A core MESH; each batch entry is one object, in the order of the "
-                                             "objects' boxes."}),
+                "mesh": ("MESH", {"tooltip": "A core MESH (a batch, a padded batch or a list of meshes); each entry "
+                                             "is one object, in the order of the objects' boxes. Its vertex colours "
+                                             "are read as linear, core's convention."}),
                 **_frame_inputs(),
                 "name": ("STRING", {"default": "object", "tooltip": "Object name (used in the GLB); entries of a "
                                                                     "batch get _0, _1 ... appended."}),

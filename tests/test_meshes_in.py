@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from comboverse_ops.colorspace import srgb_to_linear
 from comboverse_ops.lift3d.frames import frame_rotation
 from comboverse_ops.meshes_in import merge_meshes, mesh_from_file, meshes_from_core_mesh
 from comboverse_ops.mesh import Mesh
@@ -25,14 +26,15 @@ def _box(size=(2.0, 1.0, 0.5), center=(0.0, 0.0, 0.0)):
 
 
 def _core_mesh(meshes, *, padded=True, colors=True):
-    """What ComfyUI's MESH carries for a batch of meshes (padded like pack_variable_mesh_batch)."""
+    """What ComfyUI's MESH carries for a batch of meshes (padded like pack_variable_mesh_batch;
+    colours linear RGBA, as core stores them)."""
     nv, nf = max(m.num_vertices for m in meshes), max(m.num_faces for m in meshes)
     v = torch.zeros(len(meshes), nv, 3)
     f = torch.zeros(len(meshes), nf, 3, dtype=torch.int64)
     c = torch.zeros(len(meshes), nv, 4)
     for i, m in enumerate(meshes):
         v[i, :m.num_vertices], f[i, :m.num_faces] = m.vertices, m.faces
-        c[i, :m.num_vertices, :3], c[i, :m.num_vertices, 3] = m.colors_or_default(), 1.0
+        c[i, :m.num_vertices, :3], c[i, :m.num_vertices, 3] = srgb_to_linear(m.colors_or_default()), 1.0
     counts = dict(vertex_counts=torch.tensor([m.num_vertices for m in meshes]),
                   face_counts=torch.tensor([m.num_faces for m in meshes])) if padded else {}
     return SimpleNamespace(vertices=v, faces=f, vertex_colors=c if colors else None, uvs=None, texture=None, **counts)
@@ -52,7 +54,56 @@ def test_a_padded_core_mesh_batch_becomes_one_canonical_object_per_entry():
         assert float((hi - lo).max()) == pytest.approx(1.0) and torch.allclose(lo + hi, torch.zeros(3), atol=1e-6)
     assert torch.allclose(a.bounds()[1] - a.bounds()[0], torch.tensor([1.0, 0.5, 0.25]))
     assert a.vertex_colors.shape == (box.num_vertices, 3)  # RGBA -> RGB
+    torch.testing.assert_close(a.vertex_colors, box.vertex_colors, atol=1e-5, rtol=0)  # linear -> sRGB
     assert torch.equal(core.vertices, before)  # node inputs are never modified
+
+
+def test_every_form_of_core_mesh_becomes_the_same_objects():
+    """Tensor batch, padded batch with counts, lists of per-item tensors (core's Decimate / Fill
+    Holes on meshes of different sizes), early TRELLIS.2's ``colors`` + ``color_counts``, one mesh
+    without a batch axis: all give the objects that went in, colours back in sRGB."""
+    box = _box(center=(3.0, 1.0, -2.0))
+    sphere = make_primitive("sphere", (0.2, 0.4, 0.9), target_faces=800)
+    lin = [srgb_to_linear(m.colors_or_default()) for m in (box, sphere)]
+    padded = _core_mesh([box, sphere])
+    v, f = [box.vertices, sphere.vertices], [box.faces, sphere.faces]
+    forms = {
+        "padded": padded,
+        "lists": SimpleNamespace(vertices=v, faces=f, vertex_colors=lin, uvs=None, texture=None),
+        "lists, stale counts": SimpleNamespace(vertices=v, faces=f, vertex_colors=lin,
+                                               vertex_counts=torch.tensor([3, 3]), face_counts=torch.tensor([1, 1])),
+        "trellis2 colors": SimpleNamespace(vertices=padded.vertices, faces=padded.faces,
+                                           colors=padded.vertex_colors[..., :3], color_counts=padded.vertex_counts,
+                                           vertex_counts=padded.vertex_counts, face_counts=padded.face_counts),
+    }
+    for form, core in forms.items():
+        a, b = meshes_from_core_mesh(core, max_faces=0)
+        for got, want in ((a, box), (b, sphere)):
+            assert (got.num_vertices, got.num_faces) == (want.num_vertices, want.num_faces), form
+            torch.testing.assert_close(got.vertex_colors, want.colors_or_default(), atol=1e-5, rtol=0, msg=form)
+            torch.testing.assert_close(got.vertices, want.normalized().vertices, atol=1e-5, rtol=0, msg=form)
+    twins = SimpleNamespace(vertices=torch.stack([box.vertices, box.vertices * 2]), faces=torch.stack([box.faces] * 2),
+                            vertex_colors=torch.stack([lin[0]] * 2))
+    assert [m.num_faces for m in meshes_from_core_mesh(twins, max_faces=0)] == [box.num_faces] * 2
+    single = SimpleNamespace(vertices=box.vertices, faces=box.faces, vertex_colors=lin[0])
+    (one,) = meshes_from_core_mesh(single, max_faces=0)
+    torch.testing.assert_close(one.vertex_colors, box.vertex_colors, atol=1e-5, rtol=0)
+
+
+def test_malformed_core_mesh_batches_are_named():
+    box = _box()
+    with pytest.raises(ValueError, match=r"MESH.faces: expected 2 per-item tensors \(as vertices\), got a list of 1"):
+        meshes_from_core_mesh(SimpleNamespace(vertices=[box.vertices, box.vertices], faces=[box.faces]))
+    with pytest.raises(ValueError, match="MESH: holds no meshes"):
+        meshes_from_core_mesh(SimpleNamespace(vertices=[], faces=[]))
+    core = _core_mesh([box, box])
+    core.vertex_counts = torch.tensor([8, 99])
+    with pytest.raises(ValueError, match=r"MESH.vertices: counts \[8, 99\] exceed the padded length 8"):
+        meshes_from_core_mesh(core)
+    core = _core_mesh([box, box])
+    core.vertex_colors = core.vertex_colors[:1].expand(3, -1, -1)
+    with pytest.raises(ValueError, match=r"MESH.vertex_colors: expected a batch of 2 \(as vertices\), got shape \(3,"):
+        meshes_from_core_mesh(core)
 
 
 def test_front_and_up_axes_rotate_the_object_into_front_plus_z_and_up_plus_y():
@@ -141,6 +192,9 @@ def test_nodes_collect_objects_from_core_meshes_and_files_in_order(pack, tmp_pat
     assert [m.name for m in both] == ["bear", "chair"] and len(first) == 1  # the input list is not modified
     (again,) = nodes.MeshesFromMESH().convert(_core_mesh([box]), "+Z", "+Y", 0, "bear", meshes=both)
     assert [m.name for m in again] == ["bear", "chair", "bear_2"]  # scenes need unique names
+    ragged = SimpleNamespace(vertices=[box.vertices, box.vertices[:6]], faces=[box.faces, box.faces[:2]])
+    (parts,) = nodes.MeshesFromMESH().convert(ragged, "+Z", "+Y", 0, "part")
+    assert [(m.name, m.num_faces) for m in parts] == [("part_0", box.num_faces), ("part_1", 2)]
     with pytest.raises(FileNotFoundError, match="ComboVerse Meshes From File: mesh file 'table.glb' not found"):
         nodes.MeshesFromFile().load("table.glb", "+Z", "+Y", 50000)
     with pytest.raises(ValueError, match="paths is empty"):
