@@ -17,10 +17,10 @@ large object from a near, small one. Every scene here is a procedural scene
   disparity map (5 % per-pixel depth noise everywhere, plus):
 
   - ``"swap"``: the two objects of a front/behind pair exchange their depths;
-  - ``"depth_size"``: the "behind" object's depth is set nearer than the front object's (its
-    box, hence its image, is unchanged: InitPose shrinks it to fit);
-  - ``"float"`` / ``"sink"``: the "on top" object's depth is made 15-35 % nearer / farther,
-    which, seen from above, lifts it off / sinks it into its support along its ray.
+  - ``"depth_size"``: the "behind" object's depth is set 0.3-0.8 of its size nearer than the
+    front object's (its box, hence its image, is unchanged: InitPose shrinks it to fit);
+  - ``"float"`` / ``"sink"``: the "on top" object's depth is made 0.5-1 of its size nearer /
+    farther, which, seen from above, lifts it off / sinks it into its support along its ray.
 
   When the corrupted depth still leaves every relation true (objects whose depths differ too
   little for the margins), the targeted object is moved further along its viewing ray about the
@@ -46,7 +46,7 @@ from .relations import relation_holds, relation_score
 from .scene import Scene
 
 __all__ = ["SETS", "CORRUPTIONS", "SHAPE_WORDS", "AmbiguousScene", "make_ambiguous_scene", "ambiguous_scenes",
-           "viewer_triples", "caption_for"]
+           "viewer_triples", "caption_for", "set_scene"]
 
 SETS = {"tune": 10_000, "report": 20_000}  # first seed of each set: disjoint seed ranges
 CORRUPTIONS = ("swap", "depth_size", "float", "sink")
@@ -182,12 +182,17 @@ def make_ambiguous_scene(seed: int, *, n_objects: int = 2, image_size: int = 128
         factors[front] = float(mean_depth[back] / mean_depth[front])
         push = (back, 0.85)  # fallback: bring the back object nearer still
     elif corruption == "depth_size":
-        factors[back] = float(mean_depth[front] / mean_depth[back]) * rng.uniform(0.7, 0.85)
-        push = (back, 0.85)
-    else:  # the "on top" object (subject of "on top of") nearer (floats) or farther (sinks)
-        f = rng.uniform(0.65, 0.85) if corruption == "float" else rng.uniform(1.15, 1.35)
-        factors[i] = f
-        push = (i, 0.9 if corruption == "float" else 1.1)
+        # In front of the front object by 0.3-0.8 of its own size.
+        size = float(proc.scene.objects[back].pose.scale)
+        factors[back] = float(mean_depth[front] - rng.uniform(0.3, 0.8) * size) / float(mean_depth[back])
+        push = (back, 0.9)
+    else:
+        # The "on top" object (subject of "on top of") 0.5-1 of its size nearer along its ray (seen
+        # from above: lifted off its support) or farther (sunk into it).
+        size = float(proc.scene.objects[i].pose.scale)
+        shift = rng.uniform(0.5, 1.0) * size / float(mean_depth[i])
+        factors[i] = 1 - shift if corruption == "float" else 1 + shift
+        push = (i, 0.95 if corruption == "float" else 1.05)
     g = torch.Generator().manual_seed(seed)
     disp = _corrupted_disparity(obs.depth, obs.alpha, obs.masks, factors, g)
     layout = Layout(obs.boxes, (image_size, image_size), proc.phrases, obs.masks)
@@ -209,27 +214,33 @@ def make_ambiguous_scene(seed: int, *, n_objects: int = 2, image_size: int = 128
                           target, fallback, int(seed))
 
 
-def ambiguous_scenes(which: str, count: int, *, image_size: int = 128, three_object_share: float = 0.25):
-    """Yield ``count`` scenes of set ``which`` (``"tune"`` or ``"report"``, :data:`SETS`).
+def set_scene(which: str, index: int, *, image_size: int = 128, three_object_share: float = 0.25) -> AmbiguousScene:
+    """Scene ``index`` of set ``which`` (``"tune"`` or ``"report"``, :data:`SETS`).
 
-    Seeds run from ``SETS[which]``; one in ``round(1 / three_object_share)`` scenes has 3
-    objects, the rest 2; every third scene is an "on top of" scene (corruptions "float" /
-    "sink"), the others front/behind ("swap" / "depth_size"). A seed for which no scene can be
-    made (no layout, or a relation the corruption cannot break) is skipped for the next seed, so
-    the same ``(which, count, image_size)`` always gives the same scenes.
+    One in ``round(1 / three_object_share)`` scenes has 3 objects, the rest 2; every third scene
+    is an "on top of" scene (corruptions "float" / "sink"), the others front/behind ("swap" /
+    "depth_size"). Its seed is ``SETS[which] + index``; when no scene can be made from a seed (no
+    layout, or a relation the corruption cannot break), the next try is ``+ 100000`` further,
+    so each ``(which, index, image_size)`` always gives the same scene and scenes can be made in
+    parallel.
     """
     if which not in SETS:
-        raise ValueError(f"ambiguous_scenes: set must be one of {tuple(SETS)}, got {which!r}")
+        raise ValueError(f"ambiguous scenes: set must be one of {tuple(SETS)}, got {which!r}")
+    if index < 0 or index >= 100_000:
+        raise ValueError(f"ambiguous scenes: index must be in [0, 100000), got {index}")
     every = max(1, round(1 / three_object_share)) if three_object_share > 0 else 0
-    seed, made = SETS[which], 0
-    while made < count:
-        n = 3 if every and made % every == every - 1 else 2
+    n = 3 if every and index % every == every - 1 else 2
+    errors = []
+    for attempt in range(5):
+        seed = SETS[which] + index + 100_000 * attempt
         try:
-            scene = make_ambiguous_scene(seed, n_objects=n, image_size=image_size, stacked=made % 3 == 0)
-        except ValueError:
-            seed += 1
-            continue
-        seed += 1
-        made += 1
-        yield scene
+            return make_ambiguous_scene(seed, n_objects=n, image_size=image_size, stacked=index % 3 == 0)
+        except ValueError as e:
+            errors.append(str(e))
+    raise ValueError(f"ambiguous scenes: no scene for {which} #{index} in 5 seeds: {errors}")
 
+
+def ambiguous_scenes(which: str, count: int, *, image_size: int = 128, three_object_share: float = 0.25):
+    """Yield scenes ``0 .. count - 1`` of set ``which`` (:func:`set_scene`)."""
+    for k in range(count):
+        yield set_scene(which, k, image_size=image_size, three_object_share=three_object_share)
