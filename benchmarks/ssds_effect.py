@@ -24,7 +24,11 @@ defaults) and the guidance below, with and without the physics terms (``penetrat
 at 4 views per step, guidance scale 100 and novel views at azimuth offsets ``(-90, 90)`` from
 the reference, plus sweeps of full SSDS (with physics): 10 views, scales 7.5 and 30, azimuth
 offsets ``(-30, 30)`` (a viewer-relative prior judges front/behind from views near the
-reference). ``--variants`` takes names, or the groups ``main``, ``sweeps``, ``all`` (default).
+reference), and refine's ``ray`` parameterisation (moving an object along its viewing ray keeps
+its reference image, so the reference loss no longer resists a depth fix), reference only and
+full SSDS. ``--variants`` takes names, or the groups ``main``, ``sweeps``, ``all`` (default),
+separated by ``;`` (any combination can be named, e.g. ``"ssds+phys (10 views, scale 30, az
+-45..45, ray)"``).
 
 Metrics (means over scenes; definitions in :mod:`comboverse_ops.metrics` and
 :mod:`comboverse_ops.relations`): relation satisfied in 3D (share of scenes whose every stated
@@ -46,6 +50,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -92,13 +98,14 @@ class Variant:
     views: int = 4
     scale: float = 100.0
     azimuth: tuple[float, float] = (-90.0, 90.0)
+    ray: bool = False  # refine's "ray" parameterisation: depth moves keep the reference image
 
     @property
     def name(self) -> str:
         out = self.guidance + ("+phys" if self.physics else "")
+        extra = ["ray"] if self.ray else []
         if self.guidance == "ref":
-            return out
-        extra = []
+            return out + (f" ({', '.join(extra)})" if extra else "")
         if self.views != 4:
             extra.append(f"{self.views} views")
         if self.scale != 100.0:
@@ -108,10 +115,34 @@ class Variant:
         return out + (f" ({', '.join(extra)})" if extra else "")
 
 
+def parse_variant(name: str) -> Variant:
+    """The :class:`Variant` whose :attr:`Variant.name` is ``name``: any combination may be asked for,
+    e.g. ``"ssds+phys (10 views, scale 30, az -45..45)"``."""
+    m = re.fullmatch(r"\s*([a-z-]+)(\+phys)?\s*(?:\((.*)\))?\s*", name)
+    if not m or m.group(1) not in GUIDANCE:
+        raise ValueError(f"variant {name!r}: expected '<guidance>[+phys][ (N views, scale S, az A..B)]' with "
+                         f"<guidance> one of {list(GUIDANCE)}")
+    v = Variant(m.group(1), bool(m.group(2)))
+    for part in filter(None, (p.strip() for p in (m.group(3) or "").split(","))):
+        if (k := re.fullmatch(r"(\d+) views", part)):
+            v = replace(v, views=int(k.group(1)))
+        elif (k := re.fullmatch(r"scale ([\d.]+)", part)):
+            v = replace(v, scale=float(k.group(1)))
+        elif part == "ray":
+            v = replace(v, ray=True)
+        elif (k := re.fullmatch(r"az (-?[\d.]+)\.\.(-?[\d.]+)", part)):
+            v = replace(v, azimuth=(float(k.group(1)), float(k.group(2))))
+        else:
+            raise ValueError(f"variant {name!r}: unknown option {part!r}; expected 'N views', 'scale S', "
+                             "'az A..B' (degrees from the reference azimuth) or 'ray'")
+    return v
+
+
 MAIN = [Variant(g, p) for g in GUIDANCE for p in (False, True)]
 SWEEPS = [Variant("ssds", True, views=10), Variant("ssds", True, scale=7.5), Variant("ssds", True, scale=30.0),
           Variant("ssds", True, azimuth=(-30.0, 30.0)), Variant("sds", True, azimuth=(-30.0, 30.0)),
-          Variant("ssds", True, views=10, azimuth=(-30.0, 30.0))]
+          Variant("ssds", True, views=10, azimuth=(-30.0, 30.0)), Variant("ref", True, ray=True),
+          Variant("ssds", True, ray=True)]
 VARIANTS = {v.name: v for v in MAIN + SWEEPS}
 GROUPS = {"main": [v.name for v in MAIN], "sweeps": [v.name for v in SWEEPS], "all": list(VARIANTS)}
 INIT = "init"
@@ -122,9 +153,10 @@ INIT = "init"
 _STATE: dict = {}
 
 
-def _init_worker(guidance: str | None, device: str, dtype: str, threads: int) -> None:
+def _init_worker(guidance: str | None, device: str, dtype: str, threads: int, scene_dir: str | None = None) -> None:
     torch.set_num_threads(threads)
     _STATE["device"] = torch.device(device)
+    _STATE["scene_dir"] = scene_dir
     _STATE["model"] = None
     if guidance:
         from comboverse_ops.models.sd import load_sd_model
@@ -134,12 +166,24 @@ def _init_worker(guidance: str | None, device: str, dtype: str, threads: int) ->
                                         what="--guidance")
 
 
+def _scene_file(which: str, index: int, size: int) -> str:
+    return f"{which}-{index}-{size}.pt"
+
+
+def _prepare(task) -> None:
+    """Make one scene and save it where the workers will read it (made once, not once per worker)."""
+    which, index, size = task
+    torch.save(set_scene(which, index, image_size=size), Path(_STATE["scene_dir"]) / _scene_file(which, index, size))
+
+
 def _scene(which: str, index: int, size: int) -> AmbiguousScene:
-    """Scene ``index`` of set ``which``, made once per worker (cheaper than shipping its tensors)."""
+    """Scene ``index`` of set ``which``: from the prepared file, else made here; kept per worker."""
     cache = _STATE.setdefault("scenes", {})
     key = (which, index, size)
     if key not in cache:
-        cache[key] = set_scene(which, index, image_size=size)
+        path = Path(_STATE.get("scene_dir") or "") / _scene_file(which, index, size)
+        cache[key] = torch.load(path, weights_only=False) if _STATE.get("scene_dir") and path.is_file() else \
+            set_scene(which, index, image_size=size)
     return cache[key]
 
 
@@ -199,16 +243,17 @@ def _run(task) -> dict:
     which, index, size, name, opts = task
     amb = _scene(which, index, size)
     device = _STATE["device"]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     start = amb.start.to(device)
     novel = novel_cameras(amb.truth, 4)
     row = {"set": opts["set"], "seed": amb.seed, "corruption": amb.corruption, "caption": amb.caption,
            "objects": len(amb.start.objects), "fallback": amb.fallback, "variant": name}
     if name == INIT:
         return row | _metrics(start, amb, novel, opts["points"]) | {"seconds": 0.0}
-    v = VARIANTS[name]
+    v = parse_variant(name)
     weights = LossWeights() if v.physics else replace(LossWeights(), penetration=0.0, support=0.0)
-    settings = RefineSettings(steps=opts["steps"], weights=weights, backend=opts["backend"], preview_every=0)
+    settings = RefineSettings(steps=opts["steps"], weights=weights, backend=opts["backend"], preview_every=0,
+                              parameterization="ray" if v.ray else "camera")
     targets = RefineTargets.from_masks(amb.image, amb.masks)
     probe = None
     if GUIDANCE[v.guidance] is not None:
@@ -226,8 +271,9 @@ def _run(task) -> dict:
         guidance = SSDSGuidance(model, s)
         probe = GradientProbe(guidance, targets, settings, opts["probe_steps"])
     result = refine_poses(start, targets, settings, guidance=probe)
-    seconds = time.perf_counter() - t0
-    row |= _metrics(result.scene, amb, novel, opts["points"]) | {"seconds": seconds}
+    # Refine only (model set-up included, metrics not); CPU seconds tell the cost on a busy machine.
+    row |= {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+    row |= _metrics(result.scene, amb, novel, opts["points"])
     if probe is not None:
         rec = probe.records
         row["grad_ratio"] = [r["ssds"] / max(r["ref"], 1e-30) for r in rec]
@@ -273,8 +319,8 @@ def summarise(rows: list[dict]) -> tuple[str, str, str]:
             fixed = sum(r["relation"] > init[r["seed"]]["relation"] for r in sel if r["seed"] in init)
             broken = sum(r["relation"] < init[r["seed"]]["relation"] for r in sel if r["seed"] in init)
             change = f"{fixed} / {broken}"
-        g = VARIANTS[n].guidance if n in VARIANTS else None
-        paper = PAPER.get(g, "") if n in VARIANTS and VARIANTS[n] == Variant(g, False) else ""
+        v = parse_variant(n) if n != INIT else None
+        paper = PAPER.get(v.guidance, "") if v is not None and v == Variant(v.guidance, False) else ""
         out.append(f"| {n} | {len(sel)} | " + " | ".join(cells) + f" | {change} | {paper} |")
     kinds = sorted({r["corruption"] for r in rows})
     by = ["| variant | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
@@ -304,15 +350,17 @@ def _variant_names(spec: str | None) -> list[str]:
     if not spec:
         return GROUPS["all"]
     out = []
-    for part in spec.split(","):
+    parts = spec.split(";") if ";" in spec or "(" in spec else spec.split(",")
+    for part in parts:
         part = part.strip()
         if part in GROUPS:
             out += GROUPS[part]
-        elif part in VARIANTS:
-            out.append(part)
         elif part:
-            raise SystemExit(f"--variants: unknown {part!r}; expected names from {list(VARIANTS)} or groups "
-                             f"{list(GROUPS)}, comma-separated")
+            try:
+                out.append(parse_variant(part).name)
+            except ValueError as e:
+                raise SystemExit(f"--variants: {e}; or a group of {list(GROUPS)}; names are separated by ';' "
+                                 f"(',' too when no name has options); known: {list(VARIANTS)}") from None
     return list(dict.fromkeys(out))
 
 
@@ -323,7 +371,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--set", default="report", choices=["tune", "report"])
     ap.add_argument("--scenes", type=int, default=60)
     ap.add_argument("--first-scene", type=int, default=0)
-    ap.add_argument("--variants", default=None, help="comma list of variant names or groups (main, sweeps, all)")
+    ap.add_argument("--variants", default=None, help="variant names or groups (main, sweeps, all), separated by ';' (or ',' when no name has options)")
     ap.add_argument("--steps", type=int, default=RefineSettings().steps)
     ap.add_argument("--size", type=int, default=128, help="reference image size, pixels")
     ap.add_argument("--render-res", type=int, default=0, help="SSDS render resolution; 0: the prior's resolution")
@@ -339,7 +387,7 @@ def main(argv=None) -> list[dict]:
     args = ap.parse_args(argv)
     t0 = time.time()
     names = _variant_names(args.variants)
-    needs_model = any(GUIDANCE[VARIANTS[n].guidance] is not None for n in names)
+    needs_model = any(GUIDANCE[parse_variant(n).guidance] is not None for n in names)
     guidance = None
     if needs_model:
         if args.tiny:
@@ -371,7 +419,7 @@ def main(argv=None) -> list[dict]:
 
     tasks = [(args.set, k, args.size, n, opts)
              # Longest runs first (guidance with many views), so no worker is left with one at the end.
-             for n in sorted([INIT] + names, key=lambda n: -(VARIANTS[n].views if n in VARIANTS else 0))
+             for n in sorted([INIT] + names, key=lambda n: -(parse_variant(n).views if n != INIT else 0))
              for k in range(args.first_scene, args.first_scene + args.scenes)]
     if workers == 0:
         _init_worker(guidance, device, args.dtype, torch.get_num_threads())
@@ -379,8 +427,13 @@ def main(argv=None) -> list[dict]:
     else:
         import torch.multiprocessing as tmp
 
-        with tmp.get_context("spawn").Pool(workers, _init_worker, (guidance, device, args.dtype, threads)) as pool:
+        scene_dir = tempfile.mkdtemp(prefix="ssds-effect-scenes-")
+        with tmp.get_context("spawn").Pool(workers, _init_worker,
+                                           (guidance, device, args.dtype, threads, scene_dir)) as pool:
+            pool.map(_prepare, sorted({t[:3] for t in tasks}), chunksize=1)
+            print(f"{args.scenes} scenes made, {time.time() - t0:.0f} s", flush=True)
             collect(pool.imap_unordered(_run, tasks), len(tasks))
+        shutil.rmtree(scene_dir, ignore_errors=True)
     stream.close()
     table, by, grads = summarise(rows)
     dev_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "CPU"

@@ -16,11 +16,15 @@ large object from a near, small one. Every scene here is a procedural scene
   (:func:`.init_pose.init_poses`) from the true visible masks and boxes and a corrupted
   disparity map (5 % per-pixel depth noise everywhere, plus):
 
-  - ``"swap"``: the two objects of a front/behind pair exchange their depths;
-  - ``"depth_size"``: the "behind" object's depth is set 0.3-0.8 of its size nearer than the
-    front object's (its box, hence its image, is unchanged: InitPose shrinks it to fit);
+  - ``"swap"``: the two objects of a front/behind pair exchange their depths (only pairs that
+    do not overlap in the reference view: were one to hide the other, the swapped occlusion
+    would show the depth order in the image);
+  - ``"depth_size"``: the "behind" object's depth (same pairs) is set 0.3-0.8 of its size nearer
+    than the front object's (its box, hence its image, is unchanged: InitPose shrinks it to fit);
   - ``"float"`` / ``"sink"``: the "on top" object's depth is made 0.5-1 of its size nearer /
-    farther, which, seen from above, lifts it off / sinks it into its support along its ray.
+    farther, which, seen from above, lifts it off / sinks it into its support along its ray (a
+    sunk object may disappear partly behind its support's front: the one start here that the
+    reference view can show a little of).
 
   When the corrupted depth still leaves every relation true (objects whose depths differ too
   little for the margins), the targeted object is moved further along its viewing ray about the
@@ -53,6 +57,7 @@ CORRUPTIONS = ("swap", "depth_size", "float", "sink")
 # Procedural kinds as the prior's captions name them.
 SHAPE_WORDS = {"box": "cube", "sphere": "sphere", "cylinder": "cylinder", "cone": "cone", "torus": "torus",
                "capsule": "capsule"}
+_ATTEMPTS = 60  # seeds tried per set scene (front/behind pairs apart on screen are about 1 in 4)
 _DEPTH_NOISE = 0.05  # per-pixel relative depth noise of the simulated monocular estimate
 
 
@@ -139,7 +144,7 @@ def _corrupted_disparity(depth, alpha, masks, factors, generator) -> torch.Tenso
 
 
 def make_ambiguous_scene(seed: int, *, n_objects: int = 2, image_size: int = 128, stacked: bool = False,
-                         corruption: str | None = None) -> AmbiguousScene:
+                         corruption: str | None = None, max_overlap: float = 0.05) -> AmbiguousScene:
     """One ambiguous scene (module doc); the same arguments give the same scene.
 
     Args:
@@ -148,9 +153,12 @@ def make_ambiguous_scene(seed: int, *, n_objects: int = 2, image_size: int = 128
         image_size: reference image size in pixels (square).
         stacked: draw an "on top of" scene (else front/behind relations; a third object "beside").
         corruption: one of :data:`CORRUPTIONS`, or None to draw one that fits the scene's relations.
+        max_overlap: a front/behind pair is eligible only when its objects' amodal masks in the
+            reference view overlap by at most this fraction of the smaller one: otherwise the
+            swapped occlusion would show the depth order in the reference image.
     Raises:
         ValueError: for an unknown corruption, or one the scene has no relation for (e.g.
-            "float" in a scene with no "on top of").
+            "float" in a scene with no "on top of", or no front/behind pair apart on screen).
     """
     if n_objects not in (2, 3):
         raise ValueError(f"make_ambiguous_scene: n_objects must be 2 or 3, got {n_objects}")
@@ -159,7 +167,14 @@ def make_ambiguous_scene(seed: int, *, n_objects: int = 2, image_size: int = 128
     rng = random.Random(seed * 7919 + 17)
     proc = make_procedural_scene(seed, _scene_settings(n_objects, image_size, stacked))
     triples = viewer_triples(proc)
-    depth_pairs = [t for t in triples if t[1] in ("in front of", "behind")]
+    obs = proc.observe()
+    am = obs.amodal_masks > 0.5
+
+    def hidden(t) -> bool:  # the pair does not overlap in the reference view: depth order is invisible
+        a, b = am[t[0]], am[t[2]]
+        return float((a & b).sum()) <= max_overlap * float(min(a.sum(), b.sum()))
+
+    depth_pairs = [t for t in triples if t[1] in ("in front of", "behind") and hidden(t)]
     stacks = [t for t in triples if t[1] == "on top of"]
     options = (["swap", "depth_size"] if depth_pairs else []) + (["float", "sink"] if stacks else [])
     if corruption is None:
@@ -170,7 +185,6 @@ def make_ambiguous_scene(seed: int, *, n_objects: int = 2, image_size: int = 128
         raise ValueError(f"make_ambiguous_scene: seed {seed}'s relations {triples} allow {options}, not "
                          f"{corruption!r}")
     target = rng.choice(depth_pairs if corruption in ("swap", "depth_size") else stacks)
-    obs = proc.observe()
     n = len(proc.scene.objects)
     # Mean true depth of each object's visible pixels: what InitPose will read.
     mean_depth = torch.stack([obs.depth[obs.masks[k] > 0.5].mean() for k in range(n)])
@@ -218,26 +232,30 @@ def set_scene(which: str, index: int, *, image_size: int = 128, three_object_sha
     """Scene ``index`` of set ``which`` (``"tune"`` or ``"report"``, :data:`SETS`).
 
     One in ``round(1 / three_object_share)`` scenes has 3 objects, the rest 2; every third scene
-    is an "on top of" scene (corruptions "float" / "sink"), the others front/behind ("swap" /
-    "depth_size"). Its seed is ``SETS[which] + index``; when no scene can be made from a seed (no
-    layout, or a relation the corruption cannot break), the next try is ``+ 100000`` further,
+    is an "on top of" scene (corruptions "float" and "sink" in turn), the others front/behind
+    ("swap" and "depth_size" in turn). Its seed is ``SETS[which] + index``; when no scene can be made from a seed (no
+    layout, or a relation the corruption cannot break), the next try is ``+ 100000`` further (at most 60 tries),
     so each ``(which, index, image_size)`` always gives the same scene and scenes can be made in
     parallel.
     """
     if which not in SETS:
         raise ValueError(f"ambiguous scenes: set must be one of {tuple(SETS)}, got {which!r}")
-    if index < 0 or index >= 100_000:
-        raise ValueError(f"ambiguous scenes: index must be in [0, 100000), got {index}")
+    if index < 0 or index >= 10_000:  # the sets' seed ranges stay disjoint
+        raise ValueError(f"ambiguous scenes: index must be in [0, 10000), got {index}")
     every = max(1, round(1 / three_object_share)) if three_object_share > 0 else 0
     n = 3 if every and index % every == every - 1 else 2
+    stacked = index % 3 == 0
+    # Corruptions alternate within each kind of scene, so the set is balanced.
+    corruption = ("float", "sink")[(index // 3) % 2] if stacked else ("swap", "depth_size")[(index - index // 3) % 2]
     errors = []
-    for attempt in range(5):
+    for attempt in range(_ATTEMPTS):
         seed = SETS[which] + index + 100_000 * attempt
         try:
-            return make_ambiguous_scene(seed, n_objects=n, image_size=image_size, stacked=index % 3 == 0)
+            return make_ambiguous_scene(seed, n_objects=n, image_size=image_size, stacked=stacked,
+                                        corruption=corruption)
         except ValueError as e:
             errors.append(str(e))
-    raise ValueError(f"ambiguous scenes: no scene for {which} #{index} in 5 seeds: {errors}")
+    raise ValueError(f"ambiguous scenes: no scene for {which} #{index} in {_ATTEMPTS} seeds: {errors[-3:]}")
 
 
 def ambiguous_scenes(which: str, count: int, *, image_size: int = 128, three_object_share: float = 0.25):
