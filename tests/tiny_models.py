@@ -292,6 +292,27 @@ def save_tiny_sd(folder: Path, family: str = "sd2", inpainting: bool = True, see
     return path, cfg_dir, tok_dir, (unet, vae, text)
 
 
+def save_tiny_sd_folder(folder: Path, resolution: int = 64, seed: int = 0) -> Path:
+    """A tiny random SD-architecture text-to-image model as a diffusers folder (what the spatial
+    prior of issue 12 ships as): ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
+    ``scheduler/`` and ``model_index.json``, images of ``resolution`` pixels (latents of
+    ``resolution / 4``: a 3-level VAE). Returns the folder.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = write_tiny_tokenizer(folder / "tokenizer")
+    configs = tiny_sd_configs("sd1", False, vocab)
+    configs["vae/config.json"] = dict(configs["vae/config.json"], block_out_channels=[8, 8, 16],
+                                      down_block_types=["DownEncoderBlock2D"] * 3,
+                                      up_block_types=["UpDecoderBlock2D"] * 3, sample_size=resolution)
+    configs["unet/config.json"] = dict(configs["unet/config.json"], sample_size=resolution // 4)
+    write_config_dir(folder, configs)
+    unet, vae, text = build_sd_models(folder, seed)
+    unet.save_pretrained(str(folder / "unet"))
+    vae.save_pretrained(str(folder / "vae"))
+    text.save_pretrained(str(folder / "text_encoder"))
+    return folder
+
+
 def save_tiny_depth_anything(folder, preprocessor=True, kind="relative"):
     """A tiny Depth Anything (tiny Dinov2 backbone) saved with save_pretrained, as real ones ship."""
 
