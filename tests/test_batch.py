@@ -246,5 +246,41 @@ def test_a_bad_scene_is_reported_and_the_others_finish_with_stand_ins(ray_sessio
     assert rows["proc_00000"]["status"] == rows["proc_00001"]["status"] == "done"
     assert rows["missing"]["status"] == "failed" and "nowhere.png" in rows["missing"]["error"]
     assert rows["no_truth"]["status"] == "failed" and "only procedural scenes" in rows["no_truth"]["error"]
-    assert rows["line_6"]["status"] == "failed" and "expected a JSON object" in rows["line_6"]["error"]
+    assert rows["line_5"]["status"] == "failed" and "expected a JSON object" in rows["line_5"]["error"]
     assert sorted(p.parent.name for p in out.glob("scenes/*/scene.glb")) == ["proc_00000", "proc_00001"]
+
+
+def _oom_once(marker: str) -> None:
+    """Worker setup: the first scene of seed 1 anywhere raises CUDA's out-of-memory error."""
+    import torch
+
+    import comboverse_ops.cli as cli
+
+    run_demo = cli.run_demo
+
+    def flaky(out_dir, seed=0, **kw):
+        if seed == 1 and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (test)")
+        return run_demo(out_dir, seed=seed, **kw)
+
+    cli.run_demo = flaky
+
+
+def test_a_scene_out_of_device_memory_is_retried_on_another_worker(ray_session, tmp_path):
+    import sys
+    from functools import partial
+
+    from comboverse_ops.batch import BatchSettings, run_batch, write_procedural_manifest
+    from comboverse_ops.pipeline import PipelineSettings
+
+    ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    m = write_procedural_manifest(tmp_path / "m.jsonl", 2, objects=2, image_size=48, log=lambda *a: None)
+    result = run_batch(m, tmp_path / "out", PipelineSettings(refine_steps=2),
+                       BatchSettings(device="cpu", cpus_per_worker=1, stand_ins=True),
+                       setup=partial(_oom_once, str(tmp_path / "oom_happened")), log=lambda *a: None)
+    rows = {r["id"]: r for r in result.rows}
+    assert result.ok and rows["proc_00001"]["attempts"] == 2 and rows["proc_00000"]["attempts"] == 1
+    events = [json.loads(t) for t in (tmp_path / "out" / "batch_log.jsonl").read_text().splitlines()]
+    retry = [e for e in events if e["event"] == "retry"]
+    assert len(retry) == 1 and "out of memory" in retry[0]["why"] and retry[0]["id"] == "proc_00001"

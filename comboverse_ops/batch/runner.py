@@ -284,30 +284,35 @@ def run_scenes(pool: WorkerPool, entries: list[SceneEntry], out: OutputFolder, s
             state[w] = "restarting"
 
     def submit() -> None:
-        healthy = up()
-        for w in sorted(healthy, key=lambda k: load[k]):
-            while load[w] < bs.in_flight and queue:
-                # Not the worker a scene was just lost on, while another one is up to take it.
-                k = next((i for i, q in enumerate(queue) if q[2] != w or len(healthy) == 1), None)
-                if k is None:
-                    break
-                entry, attempts, _ = queue[k]
-                del queue[k]
-                if entry.error is not None:
-                    fail(entry, 0, entry.error)
-                    continue
-                try:
-                    image = entry.image.read_bytes()
-                except OSError as e:
-                    fail(entry, 0, f"image: cannot read {entry.image} ({e.strerror or e}); fix the line's "
-                                   f"\"image\" (relative to the manifest's folder {manifest_dir})")
-                    continue
-                job = SceneJob(entry.id, hashes[entry.id], entry.line["image"], image, entry.line["boxes"],
-                               _scene_settings(entry, settings, manifest_dir), entry.line.get("truth"),
-                               bs.stand_ins, attempts + 1)
-                ref = pool.actors[w].run.remote(job)
-                inflight[ref] = (entry, attempts + 1, w)
-                load[w] += 1
+        # One scene at a time to the least loaded worker, so a few scenes still spread over all workers.
+        healthy, blocked = up(), set()
+        while queue:
+            free = [w for w in healthy if load[w] < bs.in_flight and w not in blocked]
+            if not free:
+                return
+            w = min(free, key=lambda k: load[k])
+            # Not the worker a scene was just lost on, while another one is up to take it.
+            k = next((i for i, q in enumerate(queue) if q[2] != w or len(healthy) == 1), None)
+            if k is None:
+                blocked.add(w)
+                continue
+            entry, attempts, _ = queue[k]
+            del queue[k]
+            if entry.error is not None:
+                fail(entry, 0, entry.error)
+                continue
+            try:
+                image = entry.image.read_bytes()
+            except OSError as e:
+                fail(entry, 0, f"image: cannot read {entry.image} ({e.strerror or e}); fix the line's "
+                               f"\"image\" (relative to the manifest's folder {manifest_dir})")
+                continue
+            job = SceneJob(entry.id, hashes[entry.id], entry.line["image"], image, entry.line["boxes"],
+                           _scene_settings(entry, settings, manifest_dir), entry.line.get("truth"),
+                           bs.stand_ins, attempts + 1)
+            ref = pool.actors[w].run.remote(job)
+            inflight[ref] = (entry, attempts + 1, w)
+            load[w] += 1
 
     def probe() -> None:
         now = time.perf_counter()
