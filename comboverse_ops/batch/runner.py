@@ -122,6 +122,9 @@ class WorkerPool:
             slots = int(gpus // bs.gpus_per_worker)
             cpw = bs.cpus_per_worker or max(1, min(8, cpus // max(1, slots)))
             n = bs.workers or slots
+            if n > slots:
+                raise ValueError(f"--workers {n}: the Ray cluster has {gpus:g} GPUs, room for {slots} workers of "
+                                 f"{bs.gpus_per_worker:g} GPU; ask for fewer workers or lower --gpus-per-worker")
             opts = {"num_gpus": bs.gpus_per_worker}
         else:
             cpw = min(bs.cpus_per_worker or 4, cpus)
