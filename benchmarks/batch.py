@@ -2,6 +2,7 @@
 
     python benchmarks/batch.py --json batch.json          # every visible GPU, full-size random models
     python benchmarks/batch.py --device cpu --workers 2 --json batch_cpu.json   # CPU: stand-in scenes
+    python benchmarks/batch.py --tiny --workers 2         # CPU smoke test of the GPU path: tiny models
 
 What it does:
 
@@ -12,7 +13,8 @@ What it does:
    Depth Anything V2) and runs the real pipeline. As there, the outputs of random weights are
    replaced where a later stage's cost depends on them (in every worker, after the networks ran):
    SAM's masks by the ellipse inside each box, TripoSR's density by an object-like blob.
-   CPU: procedural scenes composed from their true masks and meshes (``--stand-ins``), no models.
+   CPU: procedural scenes composed from their true masks and meshes (``--stand-ins``), no models;
+   or, with ``--tiny``, the GPU path on the CPU with the tests' tiny models in the same formats.
 3. Writes ``--scenes-per-worker`` procedural scenes (3 objects, 512 px on GPUs), warms every
    worker up with one scene each (models read from disk: the cold cost, reported apart), then
    for each pool size ``n`` in ``--pools`` runs the same scenes ``n`` times over on ``n`` workers
@@ -103,6 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="refine steps (default: 100 GPU, 10 CPU)")
     ap.add_argument("--depth", default="large", choices=["large", "small", "none"], help="GPU: Depth Anything V2")
     ap.add_argument("--no-guidance", action="store_true", help="GPU: refine without SSDS")
+    ap.add_argument("--tiny", action="store_true", help="the real pipeline on the CPU with the tests' tiny models")
     ap.add_argument("--cpus-per-worker", type=int, default=None, help="default: CPUs per GPU (max 8); CPU: 1")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--keep", type=Path, default=None, help="keep models, manifests and outputs in this folder")
@@ -110,14 +113,15 @@ def main(argv=None) -> int:
 
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     gpu = device == "cuda"
+    real = gpu or args.tiny  # the real pipeline with model files (else stand-in scenes)
     n_max = args.workers or (torch.cuda.device_count() if gpu else 2)
     pools = [int(x) for x in args.pools.split(",")] if args.pools else sorted({1, n_max})
     if max(pools) > n_max or min(pools) < 1:
         raise SystemExit(f"--pools {pools}: each size must be 1..{n_max} (the workers started)")
     objects = args.objects or (3 if gpu else 2)
-    size = args.size or (512 if gpu else 64)
+    size = args.size or (512 if gpu else 96 if args.tiny else 64)
     steps = args.steps or (100 if gpu else 10)
     names = [torch.cuda.get_device_name(i) for i in range(n_max)] if gpu else ["CPU"] * n_max
     print(f"device {device} x {n_max} ({', '.join(sorted(set(names)))}); torch {torch.__version__}; "
@@ -127,25 +131,31 @@ def main(argv=None) -> int:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         settings = PipelineSettings(refine_steps=steps, preview_size=min(256, size))
-        if gpu:
+        if real:
             from pipeline import write_models
 
             t = time.perf_counter()
-            files = write_models(root / "models", False, torch.device("cuda:0"), args.depth)
-            torch.cuda.empty_cache()
+            files = write_models(root / "models", args.tiny, torch.device("cuda:0" if gpu else "cpu"),
+                                 "none" if args.tiny else args.depth)  # a tiny random depth map is unusable
+            if gpu:
+                torch.cuda.empty_cache()
             print(f"  models written in {time.perf_counter() - t:.1f} s")
             settings = replace(settings, models_dir=str(root / "models"), inpaint=str(files["inpaint"]),
+                               inpaint_config=_str(files.get("inpaint_config")),
                                guidance=None if args.no_guidance else str(files["guidance"]),
-                               depth=str(files["depth"]) if "depth" in files else None)
+                               guidance_config=_str(files.get("guidance_config")), depth=_str(files.get("depth")))
+            if args.tiny:  # as benchmarks/pipeline.py --tiny: seconds on 2 CPU cores
+                settings = replace(settings, inpaint_steps=2, inpaint_resolution=64, mc_resolution=32,
+                                   refine_resolution=32, ssds_views=2, ssds_resolution=32, preview_size=64)
         base = write_procedural_manifest(root / "scenes.jsonl", args.scenes_per_worker, objects=objects,
                                          image_size=size, log=lambda *a: None)
         cpw = args.cpus_per_worker or (None if gpu else 1)
         bs = BatchSettings(num_cpus=None if gpu else n_max * (cpw or 1), num_gpus=n_max if gpu else 0,
-                           device=device, workers=n_max, cpus_per_worker=cpw, stand_ins=not gpu,
+                           device=device, workers=n_max, cpus_per_worker=cpw, stand_ins=not real,
                            summary_every_s=1e9)
         started = start_ray(bs)
         t = time.perf_counter()
-        setup = partial(substitute_random_outputs, str(ROOT / "benchmarks")) if gpu else None
+        setup = partial(substitute_random_outputs, str(ROOT / "benchmarks")) if real else None
         pool = WorkerPool(bs, setup=setup)
         print(f"  {len(pool)} workers started in {time.perf_counter() - t:.1f} s")
         pool.check(settings, bs.stand_ins)
@@ -201,10 +211,14 @@ def main(argv=None) -> int:
             "warmup_seconds": round(warm.seconds, 2), "scenes_per_worker": args.scenes_per_worker,
             "objects": objects, "image_size": size, "settings": asdict(settings),
             "batch": asdict(bs), "substituted": ["SAM masks -> ellipse in each box",
-                                                 "TripoSR density -> object-like blob"] if gpu else
+                                                 "TripoSR density -> object-like blob"] if real else
             ["stand-ins: true masks and meshes (comboverse demo), no models"]}, indent=1, default=str))
         print(f"wrote {args.json}")
     return 0
+
+
+def _str(p) -> str | None:
+    return None if p is None else str(p)
 
 
 def _first_copies(base: Path, n: int) -> Path:

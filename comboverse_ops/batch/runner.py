@@ -113,26 +113,31 @@ class WorkerPool:
 
         self.ray, self.bs, self.log = ray, bs, log
         res = ray.cluster_resources()
-        cpus, gpus = int(res.get("CPU", 1)), res.get("GPU", 0)
-        self.device = bs.device or ("cuda" if gpus >= bs.gpus_per_worker else "cpu")
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]  # workers never span machines
+        cpus, gpus, gpw = int(res.get("CPU", 1)), res.get("GPU", 0), bs.gpus_per_worker
+        self.device = bs.device or ("cuda" if gpus >= gpw else "cpu")
         if self.device == "cuda":
-            if gpus < bs.gpus_per_worker:
-                raise ValueError(f"--device cuda: the Ray cluster has {gpus:g} GPUs, a worker needs "
-                                 f"{bs.gpus_per_worker:g}; use --device cpu or join a cluster with GPUs (--address)")
-            slots = int(gpus // bs.gpus_per_worker)
-            cpw = bs.cpus_per_worker or max(1, min(8, cpus // max(1, slots)))
+            gpu_nodes = [r for r in nodes if r.get("GPU", 0) >= gpw]
+            if not gpu_nodes:
+                raise ValueError(f"--device cuda: the Ray cluster has {gpus:g} GPUs, a worker needs {gpw:g} on one "
+                                 "machine; use --device cpu or join a cluster with GPUs (--address)")
+            slots = sum(int(r["GPU"] // gpw) for r in gpu_nodes)
+            # The CPUs of the tightest GPU machine, shared among its workers (at most 8 each).
+            cpw = bs.cpus_per_worker or max(1, min(8, min(int(r.get("CPU", 1) // (r["GPU"] // gpw))
+                                                          for r in gpu_nodes)))
             n = bs.workers or slots
             if n > slots:
                 raise ValueError(f"--workers {n}: the Ray cluster has {gpus:g} GPUs, room for {slots} workers of "
-                                 f"{bs.gpus_per_worker:g} GPU; ask for fewer workers or lower --gpus-per-worker")
-            opts = {"num_gpus": bs.gpus_per_worker}
+                                 f"{gpw:g} GPU; ask for fewer workers or lower --gpus-per-worker")
+            opts = {"num_gpus": gpw}
         else:
-            cpw = min(bs.cpus_per_worker or 4, cpus)
-            n = bs.workers or max(1, cpus // cpw)
+            cpw = min(bs.cpus_per_worker or 4, max(int(r.get("CPU", 1)) for r in nodes))
+            slots = sum(int(r.get("CPU", 1) // cpw) for r in nodes)
+            n = bs.workers or max(1, slots)
             opts = {"num_gpus": 0}
-        if n * cpw > cpus:
-            raise ValueError(f"--workers {n} x --cpus-per-worker {cpw}: the Ray cluster has {cpus} CPUs; "
-                             "lower one of them")
+            if n > slots:
+                raise ValueError(f"--workers {n} x --cpus-per-worker {cpw}: the Ray cluster's machines have room "
+                                 f"for {slots} such workers ({cpus} CPUs in all); lower one of them")
         self.cpus_per_worker = cpw
         actor = ray.remote(num_cpus=cpw, max_restarts=bs.max_restarts, max_task_retries=0, **opts)(SceneWorker)
         self.actors = [actor.remote(self.device, cpw, setup) for _ in range(n)]
