@@ -42,14 +42,16 @@ def test_manifest_lines_are_checked_one_by_one_and_duplicate_ids_stop_the_run(tm
         json.dumps({"image": "c.png", "boxs": [[0, 0, 4, 4]]}),
         "# a comment",
         json.dumps({"id": "d", "image": "d.png"}),
+        json.dumps({"id": 7, "image": "e.png", "boxes": [[0, 0, 4, 4]]}),
     ]) + "\n")
     entries = read_manifest(m)
-    assert [e.id for e in entries] == ["pic", "line_2", "b", "c", "d"]
+    assert [e.id for e in entries] == ["pic", "line_2", "b", "c", "d", "line_7"]
     assert entries[0].error is None and entries[0].image == tmp_path / "a" / "pic.png"
     assert "not JSON" in entries[1].error
     assert "refine_steps expected int, got 'many'" in entries[2].error
     assert "unknown key(s) ['boxs']" in entries[3].error
     assert 'no "boxes"' in entries[4].error
+    assert '"id": expected text' in entries[5].error
     m.write_text(json.dumps({"image": "x/pic.png", "boxes": [[0, 0, 1, 1]]}) + "\n"
                  + json.dumps({"image": "y/pic.png", "boxes": [[0, 0, 1, 1]]}) + "\n")
     with pytest.raises(ManifestError, match=r"lines 1 and 2 both have the id 'pic'.*\"id\""):

@@ -136,6 +136,9 @@ def read_manifest(path: str | Path) -> list[SceneEntry]:
         raw_id = line.get("id")
         sid = raw_id if isinstance(raw_id, str) else _default_id(str(line.get("image") or f"line_{n}"))
         error = _check_line(line)
+        if error is None and "id" in line and not isinstance(raw_id, str):
+            error = f'"id": expected text (a folder name), got {raw_id!r}'
+            sid = f"line_{n}"
         if error is None and not ID_PATTERN.match(sid):
             error = (f'"id": expected letters, digits, ".", "_" or "-" (a folder name, up to 128), got {sid!r}')
             sid = f"line_{n}"
