@@ -2,6 +2,7 @@
 
     comboverse demo [--out DIR] [--seed N]
     comboverse run IMAGE --boxes '[[x0,y0,x1,y1], ...]' [--prompt TEXT] [--models DIR] [--out scene.glb]
+    comboverse batch MANIFEST.jsonl --out DIR [--procedural N] [--address RAY] (Ray; comboverse_ops/batch/)
 
 ``demo`` runs the pack's main job on an embedded default: a procedural scene of three coloured
 objects with spatial relations is rendered as the reference picture; its masks, boxes and a
@@ -143,9 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     demo.add_argument("--steps", type=int, default=None, help="refinement steps (default: SSDSRefine's)")
     _add_run_parser(sub)
+    _add_batch_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run_command(args)
+    if args.command == "batch":
+        return _batch_command(args)
     if args.command == "demo":
         if not 2 <= args.objects <= 5:
             parser.error(f"--objects: expected 2 to 5, got {args.objects}")
@@ -156,18 +160,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def _add_run_parser(sub) -> None:
     """``comboverse run IMAGE --boxes ... --models DIR --out scene.glb`` (comboverse_ops/pipeline.py)."""
-    from .pipeline import PipelineSettings
-
-    d = PipelineSettings()
     run = sub.add_parser("run", help="the full pipeline on one picture (SAM, SD inpainting, TripoSR, InitPose, "
                                      "SSDSRefine), headless")
     run.add_argument("image", help="the picture (PNG, JPEG, ...)")
     run.add_argument("--boxes", required=True, help="one box per object, JSON: '[[x0,y0,x1,y1], ...]' (pixels)")
     run.add_argument("--prompt", default="", help="the scene's text, stating the relations (used by SSDS)")
     run.add_argument("--phrases", default=None, help="one phrase per box (JSON list, lines, or ';'-separated)")
+    run.add_argument("--out", default="scene.glb", help="the GLB to write; previews and report go next to it")
+    _add_setting_flags(run)
+
+
+def _add_setting_flags(run) -> None:
+    """The PipelineSettings flags shared by ``run`` and ``batch`` (models, stage settings)."""
+    from .pipeline import PipelineSettings
+
+    d = PipelineSettings()
     run.add_argument("--models", default=None, help="models folder with sams/, checkpoints/, triposr/ "
                                                     "(default: $COMBOVERSE_MODELS_DIR or ./models)")
-    run.add_argument("--out", default="scene.glb", help="the GLB to write; previews and report go next to it")
     run.add_argument("--sam", default=None, help="SAM checkpoint (default: first file in MODELS/sams/)")
     run.add_argument("--inpaint", default=None, help="SD inpainting checkpoint (default: MODELS/checkpoints/)")
     run.add_argument("--inpaint-config", default=None, help="diffusers config folder for a single-file inpainting "
@@ -198,20 +207,80 @@ def _add_run_parser(sub) -> None:
 
 
 def _run_command(args) -> int:
-    from .pipeline import PipelineSettings, run_pipeline
+    from .pipeline import run_pipeline
 
-    settings = PipelineSettings(
+    settings = _settings_from_args(args, prompt=args.prompt, phrases=args.phrases, device=args.device)
+    run_pipeline(args.image, args.boxes, args.out, settings,
+                 progress=lambda label, total: _ProgressBar(label, total))
+    return 0
+
+
+def _settings_from_args(args, prompt: str = "", phrases: str | None = None, device: str | None = None):
+    """PipelineSettings from the flags of :func:`_add_setting_flags`."""
+    from .pipeline import PipelineSettings
+
+    return PipelineSettings(
         models_dir=args.models, sam=args.sam, inpaint=args.inpaint, inpaint_config=args.inpaint_config,
         no_inpaint=args.no_inpaint, lift3d=args.lift3d, guidance=args.guidance,
-        guidance_config=args.guidance_config, prompt=args.prompt, phrases=args.phrases, device=args.device,
+        guidance_config=args.guidance_config, prompt=prompt, phrases=phrases, device=device,
         seed=args.seed, inpaint_steps=args.inpaint_steps, inpaint_resolution=args.inpaint_resolution,
         mc_resolution=args.mc_resolution, density_threshold=args.density_threshold, max_faces=args.max_faces,
         depth=args.depth, fov_deg=args.fov, elevation_deg=args.elevation, refine_steps=args.steps,
         refine_resolution=args.refine_resolution, ssds_weight=args.ssds_weight, ssds_views=args.ssds_views,
         ssds_resolution=args.ssds_resolution, preview_size=args.preview_size)
-    run_pipeline(args.image, args.boxes, args.out, settings,
-                 progress=lambda label, total: _ProgressBar(label, total))
-    return 0
+
+
+def _add_batch_parser(sub) -> None:
+    """``comboverse batch MANIFEST.jsonl --out DIR`` (comboverse_ops/batch/)."""
+    from .batch.runner import BatchSettings
+
+    d = BatchSettings()
+    b = sub.add_parser("batch", help="many pictures on every GPU (or CPU worker) on Ray, resumable; needs "
+                                     "pip install \"comfyui-comboverse[batch]\"")
+    b.add_argument("manifest", help="JSONL, one scene a line: {\"image\": ..., \"boxes\": [[x0,y0,x1,y1], ...], "
+                                    "\"phrases\": [...], \"prompt\": ..., \"settings\": {...}} (README: Batch)")
+    b.add_argument("--out", required=True, help="output folder: scenes/<id>/, summary.jsonl, summary.csv")
+    b.add_argument("--procedural", type=int, default=None, metavar="N",
+                   help="first write MANIFEST with N procedural scenes with known poses (pictures next to it)")
+    b.add_argument("--objects", type=int, default=3, help="objects per procedural scene (2-5)")
+    b.add_argument("--size", type=int, default=256, help="procedural picture size in pixels")
+    b.add_argument("--first-seed", type=int, default=0, help="seed of the first procedural scene")
+    b.add_argument("--stand-ins", action="store_true",
+                   help="procedural scenes only: compose from the true masks and meshes as `comboverse demo` does "
+                        "(no model files; for trying batch runs and measuring the scheduler)")
+    b.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto, or ray://HEAD:10001); "
+                                                   "default: start a local one on this machine")
+    b.add_argument("--num-cpus", type=int, default=None, help="local Ray: CPUs it may use (default: all)")
+    b.add_argument("--num-gpus", type=int, default=None, help="local Ray: GPUs it may use (default: all visible)")
+    b.add_argument("--workers", type=int, default=None, help="workers (default: one per GPU; without GPUs, "
+                                                             "CPUs // --cpus-per-worker)")
+    b.add_argument("--cpus-per-worker", type=int, default=None,
+                   help="CPU cores per worker (default: CPUs per GPU up to 8; on CPUs 4)")
+    b.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker)
+    b.add_argument("--in-flight", type=int, default=d.in_flight, help="scenes handed to a worker at once")
+    b.add_argument("--max-retries", type=int, default=d.max_retries,
+                   help="retries of a scene whose worker died or ran out of memory")
+    b.add_argument("--max-restarts", type=int, default=d.max_restarts, help="restarts of a dead worker")
+    _add_setting_flags(b)
+
+
+def _batch_command(args) -> int:
+    """Exit status 0 when every scene is done (now or before), 1 when some failed (see the summary)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise SystemExit('comboverse batch: Ray is not installed; pip install "comfyui-comboverse[batch]" '
+                         '(or pip install "ray>=2.40")') from None
+    from .batch import BatchSettings, run_batch, write_procedural_manifest
+
+    if args.procedural is not None:
+        write_procedural_manifest(args.manifest, args.procedural, args.first_seed, args.objects, args.size)
+    bs = BatchSettings(address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus, device=args.device,
+                       workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                       gpus_per_worker=args.gpus_per_worker, in_flight=args.in_flight,
+                       max_retries=args.max_retries, max_restarts=args.max_restarts, stand_ins=args.stand_ins)
+    result = run_batch(args.manifest, args.out, _settings_from_args(args), bs)
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":
