@@ -126,8 +126,12 @@ def _scene_settings(n_objects: int, size: int, stacked: bool) -> ProceduralSetti
         rel = ("on top of",) if n_objects == 2 else ("on top of", "beside")
     else:
         rel = ("in front of", "behind") if n_objects == 2 else ("in front of", "behind", "beside")
+    # Colours and shapes the shipped spatial prior was trained on (training/spatial_prior/scenes.py):
+    # hue-distinct colours, and the four shapes it has words for.
     return ProceduralSettings(min_objects=n_objects, max_objects=n_objects, image_size=size, relations=rel,
-                              faces_per_object=300, elevation_range_deg=(-35.0, -20.0))
+                              faces_per_object=300, elevation_range_deg=(-35.0, -20.0),
+                              kinds=("box", "sphere", "cylinder", "cone"),
+                              colors=("red", "green", "blue", "yellow", "purple", "cyan"))
 
 
 def _push_along_ray(pose: Pose, eye: torch.Tensor, factor: float) -> Pose:

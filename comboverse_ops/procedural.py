@@ -82,6 +82,7 @@ class ProceduralSettings:
     azimuth_range_deg: tuple[float, float] = (-15.0, 15.0)  # 0 = on +Z, facing the objects' fronts; |az| <= 30
     relations: tuple[str, ...] = RELATION_PHRASES  # relations to draw from (subset of RELATION_PHRASES)
     kinds: tuple[str, ...] = PRIMITIVE_KINDS  # primitive shapes to draw from
+    colors: tuple[str, ...] = tuple(c for c, _ in COLOR_PALETTE)  # colour names to draw from (COLOR_PALETTE)
     faces_per_object: int = 1000  # triangle budget per primitive (make_primitive's target_faces)
     size_range: tuple[float, float] = (0.35, 0.7)  # longest side of an object in world units (pose scale)
     yaw_range_deg: tuple[float, float] = (-60.0, 60.0)  # rotation about +Y
@@ -94,8 +95,11 @@ class ProceduralSettings:
     scene_attempts: int = 30  # layouts tried before giving up with an error
 
     def __post_init__(self):
-        if not 1 <= self.min_objects <= self.max_objects <= len(COLOR_PALETTE):
-            raise ValueError(f"ProceduralSettings: need 1 <= min_objects <= max_objects <= {len(COLOR_PALETTE)} "
+        known = tuple(c for c, _ in COLOR_PALETTE)
+        if not self.colors or any(c not in known for c in self.colors) or len(set(self.colors)) != len(self.colors):
+            raise ValueError(f"ProceduralSettings.colors: expected distinct names from {known}, got {self.colors}")
+        if not 1 <= self.min_objects <= self.max_objects <= len(self.colors):
+            raise ValueError(f"ProceduralSettings: need 1 <= min_objects <= max_objects <= {len(self.colors)} "
                              f"(one colour each), got {self.min_objects}..{self.max_objects}")
         if self.image_size < 16:
             raise ValueError(f"ProceduralSettings.image_size: expected >= 16 pixels, got {self.image_size}")
@@ -481,7 +485,7 @@ def make_procedural_scene(seed: int, settings: ProceduralSettings | None = None,
     size = s.image_size
     n = rng.randint(s.min_objects, s.max_objects)  # drawn once, so retries do not favour small scenes
     for _ in range(s.scene_attempts):
-        colors = rng.sample(COLOR_PALETTE, n)
+        colors = rng.sample([c for c in COLOR_PALETTE if c[0] in s.colors], n)
         specs = []
         for cname, rgb in colors:
             kind = rng.choice(s.kinds)
