@@ -422,10 +422,11 @@ def main(argv=None) -> list[dict]:
             if i % 10 == 0 or i == total:
                 print(f"{i}/{total} runs, {time.time() - t0:.0f} s", flush=True)
 
+    # Scene by scene, every variant of a scene together (a run cut short still compares all variants
+    # on the scenes it finished); within a scene the longest runs (most views) first.
     tasks = [(args.set, k, args.size, n, opts)
-             # Longest runs first (guidance with many views), so no worker is left with one at the end.
-             for n in sorted([INIT] + names, key=lambda n: -(parse_variant(n).views if n != INIT else 0))
-             for k in range(args.first_scene, args.first_scene + args.scenes)]
+             for k in range(args.first_scene, args.first_scene + args.scenes)
+             for n in sorted([INIT] + names, key=lambda n: -(parse_variant(n).views if n != INIT else 0))]
     if workers == 0:
         _init_worker(guidance, device, args.dtype, torch.get_num_threads())
         collect(map(_run, tasks), len(tasks))
