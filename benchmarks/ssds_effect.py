@@ -389,8 +389,23 @@ def main(argv=None) -> list[dict]:
                     help="worker processes (0: run in this process)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "ssds_effect.md",
                     help="markdown table; per-scene rows go beside it as .jsonl")
+    ap.add_argument("--from-jsonl", type=Path, nargs="+", default=None,
+                    help="summarise rows saved by earlier runs (their .jsonl files) instead of running")
     args = ap.parse_args(argv)
     t0 = time.time()
+    if args.from_jsonl:
+        rows = [json.loads(line) for f in args.from_jsonl for line in f.read_text().splitlines() if line.strip()]
+        # Only scenes that every variant finished (a run cut short leaves some scenes part-done).
+        variants = {r["variant"] for r in rows}
+        done = {}
+        for r in rows:
+            done.setdefault((r["set"], r["seed"]), set()).add(r["variant"])
+        rows = [r for r in rows if done[(r["set"], r["seed"])] == variants]
+        table, by, grads = summarise(rows)
+        text = (f"{table}\n\n### Relation satisfied by start corruption\n\n{by}\n\n"
+                f"### Guidance vs reference gradient on the pose tensors\n\n{grads}\n")
+        print(text)
+        return rows
     names = _variant_names(args.variants)
     needs_model = any(GUIDANCE[parse_variant(n).guidance] is not None for n in names)
     guidance = None

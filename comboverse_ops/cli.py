@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--objects", type=int, default=3, help="number of objects (2-5)")
     demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     demo.add_argument("--steps", type=int, default=None, help="refinement steps (default: SSDSRefine's)")
+    demo.add_argument("--ssds", action="store_true",
+                      help="instead: a scene whose depth order InitPose got wrong, refined with score distillation "
+                           "from the shipped spatial prior (comboverse_ops/demo_ssds.py)")
     _add_run_parser(sub)
     _add_batch_parser(sub)
     args = parser.parse_args(argv)
@@ -150,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         return _run_command(args)
     if args.command == "batch":
         return _batch_command(args)
+    if args.command == "demo" and args.ssds:
+        from .demo_ssds import run_ssds_demo
+
+        run_ssds_demo(args.out, device=args.device, **({} if args.steps is None else {"steps": args.steps}))
+        return 0
     if args.command == "demo":
         if not 2 <= args.objects <= 5:
             parser.error(f"--objects: expected 2 to 5, got {args.objects}")

@@ -149,15 +149,15 @@ def main(argv=None) -> int:
         opp_specs, [check_caption(i, s) for i, s in zip(opp, opp_specs)])
     _grid(opp, out / "diagnostic_input.png", captions=opp_caps)
     for band in a.bands.split(","):
-      lo, hi = (float(x) for x in band.split("-"))
-      for scale in [float(x) for x in a.scales.split(",")]:
-        for c in (1.0, 25.0):
-            x0 = sds_targets(model, opp, opp_caps, reweight=c, scale=scale, t_range=(lo, hi),
-                             generator=torch.Generator().manual_seed(a.seed + 3))
-            key = f"sds_flip_t{band}_s{scale:g}_c{int(c)}"
-            metrics[key] = _per_relation(opp_specs, [check_caption(i, s) for i, s in zip(x0, opp_specs)])
-            print(f"{key}: {metrics[key]}", flush=True)
-            _grid(x0, out / f"diagnostic_{key}.png", captions=opp_caps)
+        lo, hi = (float(x) for x in band.split("-"))
+        for scale in [float(x) for x in a.scales.split(",")]:
+            for c in (1.0, 25.0):
+                x0 = sds_targets(model, opp, opp_caps, reweight=c, scale=scale, t_range=(lo, hi),
+                                 generator=torch.Generator().manual_seed(a.seed + 3))
+                key = f"sds_flip_t{band}_s{scale:g}_c{int(c)}"
+                metrics[key] = _per_relation(opp_specs, [check_caption(i, s) for i, s in zip(x0, opp_specs)])
+                print(f"{key}: {metrics[key]}", flush=True)
+                _grid(x0, out / f"diagnostic_{key}.png", captions=opp_caps)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))
     return 0

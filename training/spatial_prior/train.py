@@ -237,7 +237,7 @@ def main(argv=None) -> int:
             if st["vae_step"] % a.log_every == 0:
                 st["log"].append({"phase": "vae", "step": st["vae_step"], "loss": float(loss.detach()),
                                   "minutes": (st["seconds"] + time.time() - t_run) / 60})
-                print(f"vae {st['vae_step']}: loss {float(loss):.5f} ({time.time() - t_start:.0f} s)", flush=True)
+                print(f"vae {st['vae_step']}: loss {loss.item():.5f} ({time.time() - t_start:.0f} s)", flush=True)
     vae.eval()
     vae.requires_grad_(False)
     if st["vae_step"] < a.vae_steps:
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
                               "loss_high_t": float(hi.detach()), "minutes": (st["seconds"] + now - t_run) / 60,
                               "steps_per_s": a.log_every / (now - seen)})
             seen = now
-            print(f"unet {st['step']}: loss {float(loss):.4f} (t in {HIGH_BAND}: {float(hi):.4f}), "
+            print(f"unet {st['step']}: loss {loss.item():.4f} (t in {HIGH_BAND}: {hi.item():.4f}), "
                   f"{st['log'][-1]['steps_per_s']:.1f} steps/s ({now - t_start:.0f} s)", flush=True)
         if time.time() - t_save > 150:
             t_run = save()
