@@ -1,0 +1,165 @@
+"""The pack as users install it: a plain copy of the folder in custom_nodes, only requirements.txt
+installed, ``comboverse_ops`` not importable as a top-level package (ComfyUI-Manager's install).
+
+CI installs the pack editable (the README's test command), which makes ``comboverse_ops``
+importable from anywhere and hid an absolute import that broke ComboVerse ProceduralScene, and
+with it the layout_only workflow, in a real ComfyUI. Here tests/as_installed.py runs in a fresh
+interpreter that takes the editable install away again, loads the copied folder the way ComfyUI
+does, and runs every API workflow of workflows/api/ through the node classes at its shipped
+widget values, plus one graph for the nodes no shipped workflow uses, so that every node runs.
+
+Tiny models in the real file formats stand in for the released files, under the names the
+workflows' notes give; only model-file widgets change (the tiny SD's architecture folder in
+``config_dir``, and the tiny SAM's name where a workflow names another SAM size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from tiny_models import occluded_pair, save_tiny_depth_anything, save_tiny_sam, save_tiny_sd, save_tiny_triposr
+
+API_DIR = ROOT / "workflows" / "api"
+PACK = "ComfyUI-ComboVerse"  # the folder name of the README's install command
+# What a clone carries that a user's copy would not need; everything else is copied.
+NOT_COPIED = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.egg-info", "build", ".node",
+                                    "node_modules")
+TRIPOSR_ISO = 25.0  # Lift3D's shipped density_threshold (TripoSR's iso level)
+
+
+def _pack_copy(root: Path) -> Path:
+    folder = root / "custom_nodes" / PACK
+    shutil.copytree(ROOT, folder, ignore=NOT_COPIED)
+    return folder
+
+
+def _mesh_file(path: Path, kind: str, color) -> None:
+    import trimesh
+
+    from comboverse_ops.primitives import make_primitive
+
+    mesh = make_primitive(kind, color, target_faces=300)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trimesh.Trimesh(mesh.vertices.numpy(), mesh.faces.numpy(), process=False).export(path)
+
+
+def _models_and_inputs(root: Path) -> tuple[dict, dict]:
+    """ComfyUI-like models/ and input/ folders under the names the workflows use. Returns the
+    model-file widget values to set and the environment for the process."""
+    from comboverse_ops.atomic import save_png_atomic
+
+    models, inputs = root / "models", root / "input"
+    save_tiny_sam(models / "sams" / "sam_vit_h_4b8939.pth")
+    save_tiny_sam(models / "sams" / "sam_tiny.pth")
+    _, inpaint_cfg, _, _ = save_tiny_sd(models / "checkpoints", "sd2", inpainting=True,
+                                        name="512-inpainting-ema.safetensors")
+    _, guidance_cfg, _, _ = save_tiny_sd(models / "checkpoints", "sd2", inpainting=False,
+                                         name="v2-1_512-ema-pruned.safetensors")
+    save_tiny_triposr(models / "triposr", iso_level=TRIPOSR_ISO)
+    save_tiny_depth_anything(models / "depth_anything" / "tiny")
+    _, obs = occluded_pair()
+    save_png_atomic(inputs / "example.png", obs.image)
+    for i, (name, kind, color) in enumerate((("table", "box", (0.6, 0.4, 0.2)), ("lamp", "cone", (0.9, 0.9, 0.3)),
+                                             ("object_0", "box", (0.8, 0.1, 0.1)),
+                                             ("object_1", "sphere", (0.1, 0.8, 0.1)),
+                                             ("object_2", "cylinder", (0.1, 0.1, 0.8)))):
+        _mesh_file(inputs / "3d" / f"{name}.glb", kind, color)
+    model_files = {
+        "ComboVerseLoadSAM": {"sam_name": "sam_tiny.pth"},  # one tiny SAM for every SAM size the notes name
+        "ComboVerseLoadInpaintModel": {"config_dir": str(inpaint_cfg)},
+        "ComboVerseLoadGuidanceModel": {"config_dir": str(guidance_cfg)},
+    }
+    env = {"COMBOVERSE_MODELS_DIR": str(models), "COMBOVERSE_INPUT_DIR": str(inputs),
+           "COMBOVERSE_OUTPUT_DIR": str(root / "output")}
+    return model_files, env
+
+
+# The nodes no shipped workflow uses, in one graph: ExportMesh's core MESH back through Meshes From
+# MESH, and InitPose with Depth Anything's map.
+EXTRA_NODES = {
+    "1": {"class_type": "ComboVerseProceduralScene", "inputs": {"seed": 3, "objects": 2, "image_size": 96}},
+    "2": {"class_type": "ComboVerseSegment", "inputs": {
+        "image": ["1", 1], "masks": ["1", 2], "negative_points": True, "auto_objects": 3, "crop_size": 64,
+        "foreground_ratio": 0.85, "background": "grey", "boxes_text": "", "points": "", "phrases": ""}},
+    "3": {"class_type": "ComboVerseExportMesh", "inputs": {"scene": ["1", 0], "filename_prefix": "extra/truth"}},
+    "4": {"class_type": "ComboVerseMeshesFromMESH", "inputs": {
+        "mesh": ["3", 0], "front_axis": "+Z", "up_axis": "+Y", "max_faces": 50000, "name": "object"}},
+    "5": {"class_type": "ComboVerseLoadDepthModel", "inputs": {"model_folder": "tiny"}},
+    "6": {"class_type": "ComboVerseDepth", "inputs": {"depth_model": ["5", 0], "image": ["1", 1]}},
+    "7": {"class_type": "ComboVerseMeshesFromMESH", "inputs": {
+        "mesh": ["3", 0], "front_axis": "+Z", "up_axis": "+Y", "max_faces": 50000, "name": "object",
+        "meshes": ["4", 0]}},
+    "8": {"class_type": "ComboVerseInitPose", "inputs": {
+        "meshes": ["7", 0], "layout": ["2", 2], "reference_image": ["1", 1], "fov_deg": 40.0,
+        "elevation_deg": -15.0, "depth_kind": "disparity", "depth_map": ["6", 0]}},
+    "9": {"class_type": "ComboVerseExportMesh", "inputs": {"scene": ["8", 0], "filename_prefix": "extra/depth"}},
+}
+
+
+def run_as_installed(root: Path, workflows: list[Path], model_files: dict, env: dict, pack: Path,
+                     timeout: float = 3000) -> tuple[subprocess.CompletedProcess, dict | None]:
+    spec = {"pack": str(pack), "runner": str(ROOT / "tests" / "workflow_runner.py"),
+            "workflows": [str(w) for w in workflows], "model_files": model_files, "threads": 1}
+    (root / "spec.json").write_text(json.dumps(spec))
+    report = root / "report.json"
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environ.update(env, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-I", str(ROOT / "tests" / "as_installed.py"), str(root / "spec.json"),
+                             str(report)], cwd=root, env=environ, capture_output=True, text=True, timeout=timeout)
+    return result, (json.loads(report.read_text()) if report.is_file() else None)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("as_installed")
+    pack = _pack_copy(root)
+    model_files, env = _models_and_inputs(root)
+    (root / "extra.json").write_text(json.dumps(EXTRA_NODES))
+    return root, pack, model_files, env
+
+
+def test_every_workflow_and_every_node_runs_from_a_plain_copy_of_the_folder(installed, pack):
+    import trimesh
+
+    root, copy, model_files, env = installed
+    workflows = sorted(API_DIR.glob("*.json"))
+    assert len(workflows) == 5
+    result, report = run_as_installed(root, [copy / "workflows" / "api" / w.name for w in workflows]
+                                      + [root / "extra.json"], model_files, env, copy)
+    assert result.returncode == 0 and report, result.stdout[-3000:] + result.stderr[-6000:]
+    assert "-" in report["pack_module"] and not report["comboverse_ops_importable"]
+    changed = {tuple(c) for w in report["workflows"].values() for c in w["changed"]}
+    assert changed == {(k, n) for k, v in model_files.items() for n in v}, changed  # none is stale
+    missing = set(pack.NODE_CLASS_MAPPINGS) - set(report["nodes_run"])
+    assert not missing, f"never ran as installed: {sorted(missing)}; use them in a workflow or in EXTRA_NODES"
+    for name, run in report["workflows"].items():
+        assert run["glbs"], name
+        for glb in run["glbs"]:
+            scene = trimesh.load(root / "output" / glb, force="scene")
+            assert scene.graph.nodes_geometry and all(len(g.faces) for g in scene.geometry.values()), (name, glb)
+
+
+def test_the_check_fails_on_an_absolute_import_of_the_pack(installed, tmp_path):
+    """The check sees what ComfyUI sees: with the absolute import main once had in
+    comboverse_ops/procedural.py, the layout-only workflow fails here even though the editable
+    install (or this test process) can import comboverse_ops."""
+    root, copy, model_files, env = installed
+    broken = tmp_path / "custom_nodes" / PACK
+    shutil.copytree(copy, broken)
+    source = broken / "comboverse_ops" / "procedural.py"
+    text = source.read_text()
+    assert "from .render import render_scene" in text
+    source.write_text(text.replace("from .render import render_scene", "from comboverse_ops.render import render_scene"))
+    layout_only = broken / "workflows" / "api" / "layout_only.json"
+    result, _ = run_as_installed(tmp_path, [layout_only], model_files, env, broken, timeout=1200)
+    assert result.returncode != 0
+    assert "No module named 'comboverse_ops'" in result.stderr, result.stderr[-3000:]
+
