@@ -7,14 +7,18 @@ Started by tests/test_as_installed.py in a fresh interpreter (``python -I``, so 
     python -I tests/as_installed.py SPEC.json REPORT.json
 
 ``SPEC.json``: ``{"pack": folder, "runner": workflow_runner.py, "workflows": [api json, ...],
-"model_files": {class_type: {widget: value}}, "threads": n}``. The process first takes away
+"model_files": {class_type: {widget: value}}, "boxes": [[x0, y0, x1, y1], ...],
+"threads": n}``. The process first takes away
 anything that makes the checkout importable (an editable install's finder or ``.pth`` path, the
 checkout on ``sys.path``) and refuses to go on if ``comboverse_ops`` still imports: an absolute
 import of the pack's own modules must fail here as it fails in ComfyUI. It then loads the folder
 the way ComfyUI's ``load_custom_node`` does (``spec_from_file_location`` of its ``__init__.py``,
 the module named after the folder's path, dashes and all) and runs each API workflow through the
 node classes in graph order at its shipped widget values; only the model-file widgets named in
-``model_files`` change (tiny models in the real formats stand in for the released files).
+``model_files`` change (tiny models in the real formats stand in for the released files), and
+Segment in automatic mode (empty ``boxes_text``, SAM connected) gets the picture's first
+``auto_objects`` boxes from ``boxes``: automatic proposals need a trained SAM, and a tiny random
+one proposes nothing, so the boxes come with the picture, as a user's would.
 Core nodes are stand-ins (below); tests/test_comfyui_real.py runs the real ones.
 """
 
@@ -68,6 +72,44 @@ def _load_file_module(name: str, path: str):
     return module
 
 
+def _requirement_name(text: str) -> str:
+    import re
+
+    return re.split(r"[<>=!~\[;( ]", text.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def installed_closure(requirements: list[str]) -> set[str]:
+    """The distributions ``requirements`` bring in, with everything they require in turn
+    (requirements that only an extra asks for left out), by normalised name."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    seen, todo = set(), [_requirement_name(r) for r in requirements]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            todo += [_requirement_name(r) for r in requires(name) or [] if "extra ==" not in r.replace('"', "'")
+                     .replace("extra=='", "extra == '")]
+        except PackageNotFoundError:
+            pass
+    return seen
+
+
+def imported_outside(allowed: set[str], before: set[str]) -> dict[str, list[str]]:
+    """Top-level modules imported since ``before`` from installed distributions not in ``allowed``."""
+    from importlib.metadata import packages_distributions
+
+    owners = packages_distributions()
+    outside = {}
+    for name in sorted(m for m in sys.modules if "." not in m and m not in before):
+        dists = {d.lower().replace("_", "-") for d in owners.get(name, [])}
+        if dists and not dists & allowed:
+            outside[name] = sorted(dists)
+    return outside
+
+
 def core_stand_ins(input_dir: Path) -> dict:
     """Core nodes the workflows use, standing in outside ComfyUI. LoadImage reads the picture as
     ComfyUI does (RGB in [0, 1], MASK = 1 - alpha). The core inpainting chain between Inpaint
@@ -103,6 +145,7 @@ def core_stand_ins(input_dir: Path) -> dict:
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
     forget_the_checkout()
+    before = set(sys.modules)
     import os
 
     import torch
@@ -120,6 +163,10 @@ def main(argv: list[str]) -> int:
                 if name in node["inputs"]:
                     node["inputs"][name] = value
                     changed.add((node["class_type"], name))
+            if node["class_type"] == "ComboVerseSegment" and not node["inputs"].get("boxes_text", "").strip() \
+                    and "sam" in node["inputs"] and "masks" not in node["inputs"]:
+                node["inputs"]["boxes_text"] = json.dumps(spec["boxes"][:node["inputs"]["auto_objects"]])
+                changed.add(("ComboVerseSegment", "boxes_text"))
         results = runner.run_api_workflow(pack, prompt, core=core)
         glbs = [str(results[k][1]) for k, n in prompt.items() if n["class_type"] == "ComboVerseExportMesh"]
         report["workflows"][Path(path).stem] = {"glbs": glbs, "changed": sorted(map(list, changed))}
@@ -127,6 +174,11 @@ def main(argv: list[str]) -> int:
         print(f"as_installed: {Path(path).name}: ran, wrote {glbs}", flush=True)
     report["nodes_run"] = sorted(set(report["nodes_run"]))
     report["comboverse_ops_importable"] = importlib.util.find_spec(PACKAGE) is not None
+    # What ComfyUI-Manager installs: requirements.txt, besides the torch and torchvision ComfyUI has.
+    lines = (Path(spec["pack"]) / "requirements.txt").read_text().splitlines()
+    requirements = [line.split("#")[0] for line in lines if line.split("#")[0].strip()]
+    report["imported_outside_requirements"] = imported_outside(
+        installed_closure(requirements + ["torch", "torchvision"]), before)
     Path(argv[2]).write_text(json.dumps(report, indent=1))
     return 0
 

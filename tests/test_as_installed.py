@@ -10,7 +10,8 @@ widget values, plus one graph for the nodes no shipped workflow uses, so that ev
 
 Tiny models in the real file formats stand in for the released files, under the names the
 workflows' notes give; only model-file widgets change (the tiny SD's architecture folder in
-``config_dir``, and the tiny SAM's name where a workflow names another SAM size).
+``config_dir``, one tiny SAM for every SAM size), and Segment in automatic mode gets the
+picture's boxes instead of proposals (a random tiny SAM proposes nothing; as_installed.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from tiny_models import occluded_pair, save_tiny_depth_anything, save_tiny_sam, save_tiny_sd, save_tiny_triposr
+from tiny_models import save_tiny_depth_anything, save_tiny_sam, save_tiny_sd, save_tiny_triposr
 
 API_DIR = ROOT / "workflows" / "api"
 PACK = "ComfyUI-ComboVerse"  # the folder name of the README's install command
@@ -53,8 +54,9 @@ def _mesh_file(path: Path, kind: str, color) -> None:
 
 def _models_and_inputs(root: Path) -> tuple[dict, dict]:
     """ComfyUI-like models/ and input/ folders under the names the workflows use. Returns the
-    model-file widget values to set and the environment for the process."""
+    model-file widget values to set, and the picture's boxes with the environment for the process."""
     from comboverse_ops.atomic import save_png_atomic
+    from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
 
     models, inputs = root / "models", root / "input"
     save_tiny_sam(models / "sams" / "sam_vit_h_4b8939.pth")
@@ -65,7 +67,9 @@ def _models_and_inputs(root: Path) -> tuple[dict, dict]:
                                          name="v2-1_512-ema-pruned.safetensors")
     save_tiny_triposr(models / "triposr", iso_level=TRIPOSR_ISO)
     save_tiny_depth_anything(models / "depth_anything" / "tiny")
-    _, obs = occluded_pair()
+    # A picture with as many objects as the workflows ask Segment for (3), partly hiding each other.
+    proc = make_procedural_scene(4, ProceduralSettings(min_objects=3, max_objects=3, image_size=128))
+    obs = proc.observe()
     save_png_atomic(inputs / "example.png", obs.image)
     for i, (name, kind, color) in enumerate((("table", "box", (0.6, 0.4, 0.2)), ("lamp", "cone", (0.9, 0.9, 0.3)),
                                              ("object_0", "box", (0.8, 0.1, 0.1)),
@@ -77,8 +81,8 @@ def _models_and_inputs(root: Path) -> tuple[dict, dict]:
         "ComboVerseLoadInpaintModel": {"config_dir": str(inpaint_cfg)},
         "ComboVerseLoadGuidanceModel": {"config_dir": str(guidance_cfg)},
     }
-    env = {"COMBOVERSE_MODELS_DIR": str(models), "COMBOVERSE_INPUT_DIR": str(inputs),
-           "COMBOVERSE_OUTPUT_DIR": str(root / "output")}
+    env = {"boxes": obs.boxes.round().tolist(), "COMBOVERSE_MODELS_DIR": str(models),
+           "COMBOVERSE_INPUT_DIR": str(inputs), "COMBOVERSE_OUTPUT_DIR": str(root / "output")}
     return model_files, env
 
 
@@ -106,8 +110,10 @@ EXTRA_NODES = {
 
 def run_as_installed(root: Path, workflows: list[Path], model_files: dict, env: dict, pack: Path,
                      timeout: float = 3000) -> tuple[subprocess.CompletedProcess, dict | None]:
+    env = dict(env)
     spec = {"pack": str(pack), "runner": str(ROOT / "tests" / "workflow_runner.py"),
-            "workflows": [str(w) for w in workflows], "model_files": model_files, "threads": 1}
+            "workflows": [str(w) for w in workflows], "model_files": model_files, "boxes": env.pop("boxes"),
+            "threads": 1}
     (root / "spec.json").write_text(json.dumps(spec))
     report = root / "report.json"
     environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -136,8 +142,11 @@ def test_every_workflow_and_every_node_runs_from_a_plain_copy_of_the_folder(inst
                                       + [root / "extra.json"], model_files, env, copy)
     assert result.returncode == 0 and report, result.stdout[-3000:] + result.stderr[-6000:]
     assert "-" in report["pack_module"] and not report["comboverse_ops_importable"]
+    # every module the pack and its nodes imported comes with requirements.txt (or ComfyUI's torch)
+    assert not report["imported_outside_requirements"], report["imported_outside_requirements"]
     changed = {tuple(c) for w in report["workflows"].values() for c in w["changed"]}
-    assert changed == {(k, n) for k, v in model_files.items() for n in v}, changed  # none is stale
+    expected = {(k, n) for k, v in model_files.items() for n in v} | {("ComboVerseSegment", "boxes_text")}
+    assert changed == expected, changed  # nothing else changed, and no entry is stale
     missing = set(pack.NODE_CLASS_MAPPINGS) - set(report["nodes_run"])
     assert not missing, f"never ran as installed: {sorted(missing)}; use them in a workflow or in EXTRA_NODES"
     for name, run in report["workflows"].items():
@@ -157,7 +166,7 @@ def test_the_check_fails_on_an_absolute_import_of_the_pack(installed, tmp_path):
     source = broken / "comboverse_ops" / "procedural.py"
     text = source.read_text()
     assert "from .render import render_scene" in text
-    source.write_text(text.replace("from .render import render_scene", "from comboverse_ops.render import render_scene"))
+    source.write_text(text.replace("from .render import", "from comboverse_ops.render import"))
     layout_only = broken / "workflows" / "api" / "layout_only.json"
     result, _ = run_as_installed(tmp_path, [layout_only], model_files, env, broken, timeout=1200)
     assert result.returncode != 0
