@@ -108,19 +108,32 @@ EXTRA_NODES = {
 }
 
 
-def run_as_installed(root: Path, workflows: list[Path], model_files: dict, env: dict, pack: Path,
-                     timeout: float = 3000) -> tuple[subprocess.CompletedProcess, dict | None]:
+def run_as_installed(root: Path, groups: list[list[Path]], model_files: dict, env: dict, pack: Path,
+                     timeout: float = 3000) -> list[tuple[subprocess.CompletedProcess, dict | None]]:
+    """Run each group of workflows in its own isolated process, the groups side by side (one
+    thread each: a 2-core CI machine runs two at once). Returns (process, report) per group."""
     env = dict(env)
-    spec = {"pack": str(pack), "runner": str(ROOT / "tests" / "workflow_runner.py"),
-            "workflows": [str(w) for w in workflows], "model_files": model_files, "boxes": env.pop("boxes"),
-            "threads": 1}
-    (root / "spec.json").write_text(json.dumps(spec))
-    report = root / "report.json"
+    boxes = env.pop("boxes")
     environ = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     environ.update(env, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-I", str(ROOT / "tests" / "as_installed.py"), str(root / "spec.json"),
-                             str(report)], cwd=root, env=environ, capture_output=True, text=True, timeout=timeout)
-    return result, (json.loads(report.read_text()) if report.is_file() else None)
+    running = []
+    for i, workflows in enumerate(groups):
+        spec = {"pack": str(pack), "runner": str(ROOT / "tests" / "workflow_runner.py"),
+                "workflows": [str(w) for w in workflows], "model_files": model_files, "boxes": boxes, "threads": 1}
+        (root / f"spec{i}.json").write_text(json.dumps(spec))
+        report = root / f"report{i}.json"
+        report.unlink(missing_ok=True)
+        command = [sys.executable, "-I", str(ROOT / "tests" / "as_installed.py"), str(root / f"spec{i}.json"),
+                   str(report)]
+        proc = subprocess.Popen(command, cwd=root, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        running.append((proc, report))
+    results = []
+    for proc, report in running:
+        out, err = proc.communicate(timeout=timeout)
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        results.append((done, json.loads(report.read_text()) if report.is_file() else None))
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +149,21 @@ def test_every_workflow_and_every_node_runs_from_a_plain_copy_of_the_folder(inst
     import trimesh
 
     root, copy, model_files, env = installed
-    workflows = sorted(API_DIR.glob("*.json"))
+    workflows = [copy / "workflows" / "api" / w.name for w in sorted(API_DIR.glob("*.json"))]
     assert len(workflows) == 5
-    result, report = run_as_installed(root, [copy / "workflows" / "api" / w.name for w in workflows]
-                                      + [root / "extra.json"], model_files, env, copy)
-    assert result.returncode == 0 and report, result.stdout[-3000:] + result.stderr[-6000:]
-    assert "-" in report["pack_module"] and not report["comboverse_ops_importable"]
-    # every module the pack and its nodes imported comes with requirements.txt (or ComfyUI's torch)
-    assert not report["imported_outside_requirements"], report["imported_outside_requirements"]
+    heavy = [w for w in workflows if w.stem in ("full_pipeline", "external_inpainting")]  # SD, TripoSR at 256^3
+    assert len(heavy) == 2
+    rest = [w for w in workflows if w not in heavy] + [root / "extra.json"]
+    runs = run_as_installed(root, [[heavy[0]] + rest[::2], [heavy[1]] + rest[1::2]], model_files, env, copy)
+    report = {"workflows": {}, "nodes_run": []}
+    for result, part in runs:
+        assert result.returncode == 0 and part, result.stdout[-3000:] + result.stderr[-6000:]
+        assert "-" in part["pack_module"] and not part["comboverse_ops_importable"]
+        # every module the pack and its nodes imported comes with requirements.txt (or ComfyUI's torch)
+        assert not part["imported_outside_requirements"], part["imported_outside_requirements"]
+        report["workflows"].update(part["workflows"])
+        report["nodes_run"] += part["nodes_run"]
+    assert len(report["workflows"]) == 6
     changed = {tuple(c) for w in report["workflows"].values() for c in w["changed"]}
     expected = {(k, n) for k, v in model_files.items() for n in v} | {("ComboVerseSegment", "boxes_text")}
     assert changed == expected, changed  # nothing else changed, and no entry is stale
@@ -168,7 +188,7 @@ def test_the_check_fails_on_an_absolute_import_of_the_pack(installed, tmp_path):
     assert "from .render import render_scene" in text
     source.write_text(text.replace("from .render import", "from comboverse_ops.render import"))
     layout_only = broken / "workflows" / "api" / "layout_only.json"
-    result, _ = run_as_installed(tmp_path, [layout_only], model_files, env, broken, timeout=1200)
+    [(result, _)] = run_as_installed(tmp_path, [[layout_only]], model_files, env, broken, timeout=1200)
     assert result.returncode != 0
     assert "No module named 'comboverse_ops'" in result.stderr, result.stderr[-3000:]
 
