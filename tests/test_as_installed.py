@@ -192,3 +192,20 @@ def test_the_check_fails_on_an_absolute_import_of_the_pack(installed, tmp_path):
     assert result.returncode != 0
     assert "No module named 'comboverse_ops'" in result.stderr, result.stderr[-3000:]
 
+
+
+def test_the_pack_imports_its_own_modules_only_relatively():
+    """Every import in the pack, however deep in a function: the run above only sees the paths the
+    workflows take, this sees them all."""
+    import ast
+
+    own = {"comboverse_ops", "nodes"}
+    found = []
+    for path in [ROOT / "__init__.py", *sorted((ROOT / "nodes").rglob("*.py")),
+                 *sorted((ROOT / "comboverse_ops").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            found += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in own]
+    assert not found, "absolute imports of the pack's own modules (ComfyUI loads the pack as a folder, so only " \
+                      f"relative imports work): {found}"
