@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comboverse_ops.init_pose import init_poses  # noqa: E402
+from comboverse_ops.init_pose import InitSettings, init_poses  # noqa: E402
 from comboverse_ops.layout import Layout  # noqa: E402
 from comboverse_ops.metrics import scene_metrics  # noqa: E402
 from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene, novel_cameras  # noqa: E402
@@ -77,7 +77,9 @@ def run_one(task) -> dict:
     obs = proc.observe()
     layout = Layout(obs.boxes, (size, size), proc.phrases, obs.masks)
     disp = simulated_disparity(obs.depth, obs.alpha, level, seed)
-    start = proc.scene.with_poses(init_poses([o.mesh for o in proc.scene.objects], layout, proc.camera, disp))
+    # Simulated metric disparity (1 / depth, 0 off the objects), read exactly rather than as a normalised map.
+    start = proc.scene.with_poses(init_poses([o.mesh for o in proc.scene.objects], layout, proc.camera, disp,
+                                             InitSettings(map_floor=0.0)))
     t0 = time.perf_counter()
     settings = VARIANTS[variant]
     if settings is not None:

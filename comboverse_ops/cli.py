@@ -41,7 +41,7 @@ def run_demo(out_dir: str | Path, seed: int = 0, size: int = 256, objects: int =
     ``report.json`` (poses, losses, pose errors, timings) into ``out_dir``; return the report."""
     from .atomic import save_png_atomic, write_bytes_atomic
     from .export import write_glb
-    from .init_pose import init_poses
+    from .init_pose import InitSettings, init_poses
     from .layout import Layout
     from .metrics import scene_metrics
     from .procedural import ProceduralSettings, make_procedural_scene, novel_cameras
@@ -63,7 +63,9 @@ def run_demo(out_dir: str | Path, seed: int = 0, size: int = 256, objects: int =
 
     t = time.perf_counter()
     meshes = [o.mesh for o in truth.scene.objects]
-    start = truth.scene.with_poses(init_poses(meshes, layout, truth.camera, disparity.to(device)))
+    # The stand-in map is metric disparity (1 / depth), not normalised as a depth node's: read it exactly.
+    start = truth.scene.with_poses(init_poses(meshes, layout, truth.camera, disparity.to(device),
+                                              InitSettings(map_floor=0.0)))
     timings["init"] = time.perf_counter() - t
     t = time.perf_counter()
     rs = RefineSettings() if steps is None else RefineSettings(steps=steps)

@@ -199,7 +199,8 @@ def estimate_disparity(model: DepthModel, image_hwc: torch.Tensor) -> torch.Tens
         image_hwc: ``[H, W, 3]`` (or RGBA ``[H, W, 4]``, alpha ignored) float in [0, 1].
     Returns:
         ``[H, W]`` float32 in [0, 1] on the image's device; 1 = nearest, 0 = farthest (a flat
-        prediction gives all ones: everything at one depth).
+        prediction gives all ones: everything at one depth). The 0 is relative, not infinitely
+        far: :func:`comboverse_ops.init_pose.init_poses` reads it through ``InitSettings.map_floor``.
     """
     if image_hwc.ndim != 3 or image_hwc.shape[-1] not in (3, 4):
         raise ValueError(f"estimate_disparity: expected an image [H, W, 3] in [0, 1], got {tuple(image_hwc.shape)}")

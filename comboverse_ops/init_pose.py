@@ -12,6 +12,14 @@ values, so only ratios between objects are used: the objects' mean depth is plac
 ``"disparity"`` maps (Depth Anything, MiDaS, ZoeDepth's inverse: bright = near) are inverted;
 ``"depth"`` maps (bright = far) are used as they are. Without a depth map every object starts at
 ``scene_depth``.
+
+The contract with depth nodes: a map holds values >= 0 of unknown scale and shift, usually
+normalised per image so that its far end (disparity) or near end (depth) is exactly 0, as
+:func:`comboverse_ops.depth.estimate_disparity` and ComfyUI's depth nodes make them. A 0 cannot
+be read as disparity (infinitely far) or depth (at the camera), so a value ``v`` is read as
+``map_floor + (1 - map_floor) * v / max(map)``: the map's 0 stands for ``map_floor`` times its
+largest value. An object at the back of the picture therefore starts ``1 / map_floor`` times as
+far as the nearest pixel, never at infinity.
 """
 
 from __future__ import annotations
@@ -38,10 +46,16 @@ class InitSettings:
     depth_kind: str = "disparity"  # what the depth map holds: "disparity" (bright = near) or "depth"
     scene_depth: float | None = None  # camera-to-scene distance; None: distance to the camera's look-at point
     fit_projected_box: bool = True  # beyond the paper: size each mesh so its projection fits the box exactly
+    # what a map's 0 stands for, as a fraction of its largest value (module docstring); ours: 0.2 puts the
+    # farthest pixel of a normalised disparity map 5x as far as the nearest (a table scene's range)
+    map_floor: float = 0.2
 
     def __post_init__(self):
         if self.depth_kind not in DEPTH_KINDS:
             raise ValueError(f"depth_kind: expected one of {DEPTH_KINDS}, got {self.depth_kind!r}")
+        if not 0 <= self.map_floor < 1:
+            raise ValueError(f"map_floor: expected a fraction in [0, 1) (0: the map is exact, its 0 infinitely "
+                             f"far or at the camera), got {self.map_floor}")
         if self.scene_depth is not None and self.scene_depth <= 0:
             raise ValueError(f"scene_depth: expected > 0, got {self.scene_depth}")
 
@@ -94,13 +108,20 @@ def _object_depths(layout: Layout, depth: torch.Tensor | None, settings: InitSet
                              "re-run Segment with a better box")
         means.append(depth.to(m.device)[m].mean())
     means = torch.stack(means).cpu().float()
-    if settings.depth_kind == "disparity":
-        if (means <= 0).any():
-            raise ValueError("init poses: disparity must be > 0 inside every object mask (bright = near); "
-                             "if the map holds depth (bright = far), set depth_kind to 'depth'")
-        rel = 1 / means
-    else:
-        rel = means
+    lo, top = float(depth.min()), float(depth.max())
+    if lo < 0 or top <= 0:
+        raise ValueError(f"init poses: the depth map holds values from {lo:.4g} to {top:.4g}; expected values >= 0 "
+                         f"and not all 0 ({settings.depth_kind}: "
+                         f"{'bright = near' if settings.depth_kind == 'disparity' else 'bright = far'}); "
+                         "feed InitPose's depth_map from a depth node (ComboVerse Depth gives 0..1 disparity)")
+    values = settings.map_floor + (1 - settings.map_floor) * means / top  # in [map_floor, 1]
+    if (values <= 0).any():  # only with map_floor 0
+        i = int((values <= 0).nonzero()[0])
+        raise ValueError(f"init poses: object {i} ({layout.phrases[i] or 'no phrase'}) has mean {settings.depth_kind} "
+                         f"0 inside its mask, which map_floor 0 reads as "
+                         f"{'infinitely far' if settings.depth_kind == 'disparity' else 'at the camera'}; "
+                         "expected > 0, or a map_floor above 0")
+    rel = 1 / values if settings.depth_kind == "disparity" else values
     return base * rel / rel.mean()
 
 
@@ -117,8 +138,9 @@ def init_poses(meshes: list[Mesh], layout: Layout, camera: Cameras, depth: torch
         One :class:`Pose` per object (float32, on the camera's device).
     """
     if len(meshes) != len(layout):
-        raise ValueError(f"init poses: got {len(meshes)} meshes but {len(layout)} boxes; give one mesh per box "
-                         "(Lift3D makes one per Segment crop)")
+        raise ValueError(f"init poses: got {len(meshes)} meshes but {len(layout)} boxes; expected one mesh per box "
+                         "(Lift3D makes one per Segment crop). With meshes of your own, give Segment as many "
+                         "objects as meshes (its auto_objects, or one box per mesh in boxes_text)")
     if len(camera) != 1:
         raise ValueError(f"init poses: expected one reference camera, got {len(camera)}")
     if (camera.height, camera.width) != tuple(layout.image_size):

@@ -191,6 +191,11 @@ class SSDSRefine:
             raise ValueError(f"masks: expected [{len(scene.objects)}, {image.shape[0]}, {image.shape[1]}] (one per "
                              f"object, image size), got {tuple(masks.shape)}")
         use_guidance = guidance_model is not None and ssds_weight > 0
+        if use_guidance and not prompt.strip():  # before any model moves or runs
+            raise ValueError("ComboVerse SSDSRefine: prompt: expected a text that states how the objects relate, "
+                             "e.g. 'a teddy bear (sitting on:25) a chair', because a guidance_model is connected "
+                             "(score distillation needs it); got an empty prompt. Type the relation into 'prompt', "
+                             "or disconnect or bypass the guidance model (or set ssds_weight 0) to refine without it")
         settings = RefineSettings(steps=steps, resolution=resolution, parameterization=parameterization,
                                   backend=backend, weights=replace(LossWeights(), silhouette=silhouette_weight,
                                                                    penetration=penetration_weight,

@@ -51,10 +51,30 @@ def test_depth_kind_decides_which_object_is_nearer(observed):
         assert torch.allclose(pa.translation, pb.translation, atol=0.05)
 
 
+def test_an_object_at_the_back_of_a_normalised_depth_map_starts_behind_the_others_not_at_infinity(observed):
+    """Depth nodes normalise per image, so the farthest pixel is exactly 0: an object there must
+    still get a finite start behind the others (it once raised "disparity must be > 0")."""
+    proc, obs, layout, disparity = observed
+    meshes = [o.mesh for o in proc.scene.objects]
+    near = torch.zeros(SIZE, SIZE)
+    near[layout.masks[0] > 0.5] = 1.0  # object 0 is the nearest thing in the picture, the others the farthest
+    view = torch.linalg.inv(proc.camera.c2w[0])
+    for kind, depth_map in (("disparity", near), ("depth", 1 - near)):
+        poses = init_poses(meshes, layout, proc.camera, depth_map, InitSettings(depth_kind=kind))
+        z = torch.tensor([float(-(view[:3, :3] @ p.translation + view[:3, 3])[2]) for p in poses])
+        assert torch.isfinite(z).all() and (z > 0).all(), (kind, z)
+        # the map's 0 stands for map_floor (0.2) of its largest value: 5x the nearest object's depth
+        torch.testing.assert_close(z[1:] / z[0], torch.full_like(z[1:], 5.0))
+    with pytest.raises(ValueError, match="object 1 .*mean disparity 0.*map_floor"):
+        init_poses(meshes, layout, proc.camera, near, InitSettings(map_floor=0.0))
+    with pytest.raises(ValueError, match="values from -1 to 0.*expected values >= 0.*depth_map"):
+        init_poses(meshes, layout, proc.camera, near - 1)
+
+
 def test_bad_inputs_are_named(observed):
     proc, obs, layout, disparity = observed
     meshes = [o.mesh for o in proc.scene.objects]
-    with pytest.raises(ValueError, match="meshes but"):
+    with pytest.raises(ValueError, match="got 1 meshes but .* boxes.*Segment as many objects as meshes"):
         init_poses(meshes[:1], layout, proc.camera)
     with pytest.raises(ValueError, match="outside"):
         parse_boxes([[200, 200, 300, 300]], (SIZE, SIZE))
@@ -151,6 +171,28 @@ def test_nodes_compose_a_scene_from_tensors(pack, observed):
                                                masks=layout.masks[:1])
     with pytest.raises(ValueError, match="reference_image"):
         nodes["ComboVerseInitPose"]().init(meshes, layout, image[:, :50], 40.0, -25.0, "disparity")
+
+
+class _Untouchable:
+    """A guidance model that fails the test if anything uses it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the guidance model was used ({name}) before the inputs were checked")
+
+
+def test_an_empty_prompt_with_a_guidance_model_is_named_before_any_model_runs(pack, observed):
+    """full_pipeline once shipped an empty SSDSRefine prompt with a guidance model wired in."""
+    proc, obs, layout, _ = observed
+    scene = proc.scene.with_poses(init_poses([o.mesh for o in proc.scene.objects], layout, proc.camera))
+    refine = pack.NODE_CLASS_MAPPINGS["ComboVerseSSDSRefine"]().refine
+    for prompt in ("", "  \n"):
+        with pytest.raises(ValueError, match="SSDSRefine: prompt: expected a text .* guidance_model is connected.*"
+                                             "got an empty prompt.*disconnect or bypass the guidance model"):
+            refine(scene, obs.image[None], layout, 1, "camera", 0.0, 0.0, 0.0, 32, "torch",
+                   guidance_model=_Untouchable(), prompt=prompt)
+    # without score distillation the prompt is not needed
+    refine(scene, obs.image[None], layout, 1, "camera", 0.0, 0.0, 0.0, 32, "torch", guidance_model=_Untouchable(),
+           prompt="", ssds_weight=0.0)
 
 
 def test_refinement_runs_under_comfyui_inference_mode(observed):

@@ -3,10 +3,14 @@ the template browser, the core-node table of tests/test_workflows.py checked aga
 /object_info, and the API-format workflows run to a GLB (the full pipeline with tiny models in
 the real file formats).
 
-Needs a ComfyUI checkout (with its Python requirements installed) named by ``COMFYUI_DIR``;
-skipped otherwise. ComfyUI runs with a temporary ``--base-directory`` whose ``custom_nodes``
-holds a link to this repo and whose ``models/`` and ``input/`` hold the tiny models and the
-picture, so the checkout itself is left as it is.
+Needs a ComfyUI checkout named by ``COMFYUI_DIR`` and a Python with its requirements and the
+pack's requirements.txt (``COMFYUI_PYTHON``, default this test's Python); skipped otherwise.
+ComfyUI runs with a temporary ``--base-directory`` whose ``custom_nodes`` holds a plain copy of
+the pack folder (as a user's clone) and whose ``models/`` and ``input/`` hold the tiny models
+and the picture, so the checkout itself is left as it is. ComfyUI's interpreter starts isolated
+(``-I``) and first drops anything that makes ``comboverse_ops`` importable without the folder
+(an editable install of the pack: tests/as_installed.py), so the pack works only as ComfyUI
+loads it, relative imports and all.
 """
 
 import json
@@ -26,10 +30,19 @@ import trimesh
 from conftest import ROOT, load_pack
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
                                 reason="set COMFYUI_DIR to a ComfyUI checkout to run the pack inside it")
 
-PACK = "ComfyUI-ComboVerse"  # the folder name in custom_nodes (README's install command)
+from test_as_installed import NOT_COPIED, PACK  # noqa: E402  (the folder name of the README's install command)
+
+# ComfyUI's main.py, started after tests/as_installed.py has made comboverse_ops unimportable.
+BOOT = ("import importlib.util, os, runpy, sys\n"
+        "spec = importlib.util.spec_from_file_location('as_installed', sys.argv[1])\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        "module.forget_the_checkout()\n"
+        "sys.argv = ['main.py'] + sys.argv[2:]; sys.path.insert(0, os.getcwd())\n"
+        "runpy.run_path('main.py', run_name='__main__')\n")
 WORKFLOWS = ROOT / "workflows"
 CLIP_VOCAB = 49408  # ComfyUI's own CLIP tokenizer, which the pack's SD loaders use inside ComfyUI
 
@@ -78,12 +91,13 @@ def _tiny_models(base: Path) -> dict:
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy_base")
     (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK).symlink_to(ROOT, target_is_directory=True)
+    shutil.copytree(ROOT, base / "custom_nodes" / PACK, ignore=NOT_COPIED)
     (base / "input").mkdir()
     tiny = _tiny_models(base)
     port = _free_port()
     log = open(base / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+    proc = subprocess.Popen([COMFYUI_PYTHON, "-I", "-c", BOOT, str(ROOT / "tests" / "as_installed.py"),
+                             "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                              "--base-directory", str(base), "--disable-auto-launch",
                              "--database-url", "sqlite:///:memory:"],
                             cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
@@ -109,7 +123,7 @@ def server(tmp_path_factory):
         log.close()
 
 
-def _run_prompt(server, prompt: dict, timeout_s: int = 300) -> dict:
+def _run_prompt(server, prompt: dict, timeout_s: int = 1500) -> dict:
     """Queue an API-format workflow through /prompt; return its history entry once it finished."""
     body = json.dumps({"prompt": prompt, "client_id": "comboverse-test"}).encode()
     request = urllib.request.Request(f"{server['url']}/prompt", data=body, headers={"Content-Type": "application/json"})
@@ -216,10 +230,11 @@ FAST = {
 def test_full_pipeline_api_workflow_runs_with_tiny_models(server):
     workflow = json.loads((WORKFLOWS / "api" / "full_pipeline.json").read_text())
     settings = {k: dict(v) for k, v in FAST.items()}
-    # What a user fills in: the objects' boxes and names, the prompt for score distillation, and
-    # (tiny models only) the config folders of their architecture.
+    # What a user fills in: the objects' boxes and names (a random tiny SAM proposes no objects),
+    # and (tiny models only) the config folders of their architecture. SSDSRefine's prompt is the
+    # shipped one.
     settings["ComboVerseSegment"].update(boxes_text=server["boxes"], phrases=server["phrases"])
-    settings["ComboVerseSSDSRefine"]["prompt"] = server["prompt"]
+    assert all(n["inputs"]["prompt"].strip() for n in workflow.values() if n["class_type"] == "ComboVerseSSDSRefine")
     settings["ComboVerseLoadInpaintModel"] = {"config_dir": server["inpaint_cfg"]}
     settings["ComboVerseLoadGuidanceModel"] = {"config_dir": server["guidance_cfg"]}
     seen = set()

@@ -349,12 +349,27 @@ def save_tiny_depth_anything(folder, preprocessor=True, kind="relative"):
 TINY_TRIPOSR = Path(__file__).resolve().parent / "data" / "triposr_tiny"
 
 
-def save_tiny_triposr(folder: Path) -> Path:
+TINY_TRIPOSR_LEVEL = 0.5  # the tiny model's random density peaks near 1: its surface is drawn at 0.5
+
+
+def save_tiny_triposr(folder: Path, iso_level: float | None = None) -> Path:
     """The reduced TripoSR release of tests/data (``config.yaml``, ``model.ckpt`` and the DINO
-    config it names) copied into ``folder`` (e.g. ``models/triposr``); returns the model.ckpt."""
+    config it names) copied into ``folder`` (e.g. ``models/triposr``); returns the model.ckpt.
+
+    ``iso_level``: move the density so that the surface the tests draw at ``TINY_TRIPOSR_LEVEL``
+    lies at this level instead (TripoSR's 25 for a workflow at its shipped values): the density is
+    ``exp(raw + density_bias)``, so the config's ``density_bias`` grows by ``ln(iso / 0.5)``.
+    """
+    import math
+
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copytree(TINY_TRIPOSR / "dino-tiny", folder / "dino-tiny", dirs_exist_ok=True)
-    shutil.copy(TINY_TRIPOSR / "config.yaml", folder / "config.yaml")
+    config = (TINY_TRIPOSR / "config.yaml").read_text()
+    if iso_level is not None:
+        bias = -1.0 + math.log(iso_level / TINY_TRIPOSR_LEVEL)
+        assert "density_activation: exp\n  density_bias: -1.0\n" in config
+        config = config.replace("density_bias: -1.0", f"density_bias: {bias!r}")
+    (folder / "config.yaml").write_text(config)
     return Path(shutil.copy(TINY_TRIPOSR / "model.ckpt", folder / "model.ckpt"))
 
 

@@ -21,7 +21,7 @@ import torch
 from .cache import MODEL_CACHE, ModelCache, ModelKey
 
 __all__ = ["SamArchitecture", "SAM_ARCHITECTURES", "LoadedSam", "sam_architecture_from_state_dict", "build_sam",
-           "load_sam"]
+           "load_sam", "require_segment_anything"]
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,45 @@ def sam_architecture_from_state_dict(state: dict[str, torch.Tensor], *,
     return arch
 
 
+def require_segment_anything() -> None:
+    """Import ``segment_anything``, or say what to install.
+
+    segment-anything imports torchvision without declaring it, and the pack does not declare it
+    either (no torchvision requirement keeps an installed torch: pip would replace torch to fit the
+    newest torchvision). ComfyUI always has a matching pair; standalone installs may not.
+
+    Raises:
+        ImportError: torchvision or segment-anything missing, or a torchvision that does not fit
+            the installed torch; the message names the command that fixes it.
+    """
+    try:
+        import segment_anything  # noqa: F401
+    except Exception as e:  # ImportError, or torchvision's RuntimeError for a torch it was not built for
+        import importlib.util
+
+        torch_version = torch.__version__.split("+")[0]
+        major, minor = (int(x) for x in torch_version.split(".")[:2])
+        vision = f"0.{minor + 15}.*" if major == 2 else "the matching release"
+        if importlib.util.find_spec("segment_anything") is None:
+            what, fix = "segment-anything is not installed", "pip install -r requirements.txt (or pip install .)"
+        elif importlib.util.find_spec("torchvision") is None:
+            what, fix = ("torchvision is not installed (segment-anything imports it)",
+                         f"install the torchvision built for your torch {torch.__version__}: "
+                         f"pip install \"torchvision=={vision}\" from the index your torch came from (PyTorch's "
+                         "CPU index for a CPU build), or pip install \"comfyui-comboverse[sam]\" for the newest "
+                         "torch and torchvision together")
+        else:
+            what, fix = (f"torchvision does not work with torch {torch.__version__} ({type(e).__name__}: "
+                         f"{str(e)[:200]})", f"install the torchvision built for this torch (torchvision=={vision}) "
+                         "from the index your torch came from")
+        raise ImportError(f"SAM (ComboVerse Segment, comboverse run): {what}; {fix}") from e
+
+
 def build_sam(arch: SamArchitecture, *, device=None):
     """A ``segment_anything.modeling.Sam`` of this architecture, randomly initialised, in eval mode."""
     from functools import partial
 
+    require_segment_anything()
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     grid = arch.image_size // arch.patch_size
@@ -201,6 +236,7 @@ def load_sam(path: str | os.PathLike, *, device="cpu", cache: ModelCache | None 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SAM checkpoint: no file at {path}; expected {_WHERE}")
+    require_segment_anything()  # before reading a 2.6 GB file
     device = torch.device(device)
 
     def load():
