@@ -79,7 +79,8 @@ def run_demo(out_dir: str | Path, seed: int = 0, size: int = 256, objects: int =
         "reference": save_png_atomic(out / "reference.png", ref.image),
         "before_after": save_png_atomic(out / "before_after.png", torch.cat(
             [rows[0], torch.ones(4, rows[0].shape[1], 3), rows[1], torch.ones(4, rows[0].shape[1], 3), rows[2]])),
-        "glb": write_glb(result.scene, out / "scene.glb"),
+        "glb": write_glb(result.scene, out / "scene.glb", {"comboverse": {
+            "command": "demo", "settings": {"seed": seed, "size": size, "objects": objects, "steps": rs.steps}}}),
     }
     m_init = scene_metrics(start, truth.scene, novel_cameras(truth, 4))
     m_final = scene_metrics(result.scene, truth.scene, novel_cameras(truth, 4))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["Layout", "parse_boxes", "parse_points", "boxes_from_masks"]
+__all__ = ["Layout", "layout_meta", "parse_boxes", "parse_points", "boxes_from_masks"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,14 @@ class Layout:
 
     def with_masks(self, masks: torch.Tensor) -> "Layout":
         return replace(self, masks=masks)
+
+
+def layout_meta(layout: Layout) -> dict:
+    """What a scene built on ``layout`` keeps of it in ``Scene.meta`` (plain JSON values): its
+    ``phrases``, ``boxes`` (``[N][4]`` pixels) and ``image_size`` (``[height, width]``); the GLB
+    export writes them into each object's node."""
+    return {"phrases": list(layout.phrases), "boxes": layout.boxes.detach().cpu().tolist(),
+            "image_size": [int(layout.image_size[0]), int(layout.image_size[1])]}
 
 
 def _check_boxes(boxes: torch.Tensor, image_size: tuple[int, int], what: str) -> torch.Tensor:

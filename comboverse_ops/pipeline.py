@@ -211,7 +211,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     from .export import write_glb
     from .init_pose import InitSettings, init_poses, reference_camera
     from .inpaint import InpaintSettings, inpaint_objects
-    from .layout import parse_boxes
+    from .layout import layout_meta, parse_boxes
     from .lift3d.checkpoint import load_triposr
     from .lift3d.reconstruct import Lift3DSettings, reconstruct_objects
     from .models.sam import load_sam
@@ -312,7 +312,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
         del dmodel
     poses = init_poses(meshes, layout, camera, disparity, InitSettings(depth_kind="disparity"))
     start = Scene([SceneObject(n, m.to(device), p) for n, m, p in zip(names, meshes, poses)], camera,
-                  meta={"phrases": list(layout.phrases)})
+                  meta=layout_meta(layout))
     timings["init_pose"] = time.perf_counter() - t
 
     # 5. SSDSRefine -----------------------------------------------------------------------------
@@ -350,7 +350,8 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     # 6. Export ---------------------------------------------------------------------------------
     t = time.perf_counter()
     scene = result.scene
-    written = {"glb": write_glb(scene.to("cpu"), out)}
+    run_record = {"command": "run", "image": str(image_path), "settings": dict(s.__dict__)}
+    written = {"glb": write_glb(scene.to("cpu"), out, {"comboverse": run_record})}
     with torch.no_grad():
         size = s.preview_size
         ref_cam = reference_camera(round(h * size / max(h, w)), round(w * size / max(h, w)), s.fov_deg,

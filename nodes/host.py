@@ -7,6 +7,7 @@ the output folder is ``$COMBOVERSE_OUTPUT_DIR`` (default ``./output``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import weakref
@@ -58,6 +59,24 @@ def next_output_path(filename_prefix: str, extension: str) -> tuple[Path, str, s
         counter = max(taken, default=0) + 1
     filename = f"{name}_{counter:05}_.{extension}"
     return full_folder / filename, filename, subfolder
+
+
+def workflow_metadata(prompt=None, extra_pnginfo=None) -> dict:
+    """What an output file records of the run, as core SaveGLB writes it into ``asset.extras``:
+    ``"prompt"`` (the API-format prompt) and each ``extra_pnginfo`` entry (``"workflow"``: the
+    graph), each as JSON text. Empty when ComfyUI runs with ``--disable-metadata``."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        args = None
+    if getattr(args, "disable_metadata", False):
+        return {}
+    metadata = {}
+    if prompt is not None:
+        metadata["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        metadata[key] = json.dumps(value)
+    return metadata
 
 
 def make_core_mesh(vertices: torch.Tensor, faces: torch.Tensor, vertex_colors: torch.Tensor | None = None):
