@@ -163,9 +163,16 @@ def _add_run_parser(sub) -> None:
     run = sub.add_parser("run", help="the full pipeline on one picture (SAM, SD inpainting, TripoSR, InitPose, "
                                      "SSDSRefine), headless")
     run.add_argument("image", help="the picture (PNG, JPEG, ...)")
-    run.add_argument("--boxes", required=True, help="one box per object, JSON: '[[x0,y0,x1,y1], ...]' (pixels)")
+    run.add_argument("--boxes", default=None, help="one box per object, JSON: '[[x0,y0,x1,y1], ...]' (pixels); "
+                                                   "without it, --detect finds one box per phrase")
     run.add_argument("--prompt", default="", help="the scene's text, stating the relations (used by SSDS)")
-    run.add_argument("--phrases", default=None, help="one phrase per box (JSON list, lines, or ';'-separated)")
+    run.add_argument("--phrases", nargs="+", default=None,
+                     help="one phrase per object: several arguments (\"a red cube\" \"a blue ball\"), or one "
+                          "JSON list, lines, or ';'-separated text")
+    run.add_argument("--detect", default=None, help="OWLv2 model folder (save_pretrained layout): finds the box of "
+                                                    "each --phrases object when --boxes is not given")
+    run.add_argument("--detect-threshold", type=float, default=d.detect_threshold,
+                     help="lowest score a phrase's box may have")
     run.add_argument("--models", default=None, help="models folder with sams/, checkpoints/, triposr/ "
                                                     "(default: $COMBOVERSE_MODELS_DIR or ./models)")
     run.add_argument("--out", default="scene.glb", help="the GLB to write; previews and report go next to it")
@@ -198,13 +205,21 @@ def _add_run_parser(sub) -> None:
     run.add_argument("--preview-size", type=int, default=d.preview_size)
 
 
+def _phrases_arg(values: list[str] | None) -> str | None:
+    """``--phrases``: one argument as it is (JSON list, lines, ';'-separated), several as a JSON list."""
+    if values is None or len(values) == 1:
+        return values[0] if values else None
+    return json.dumps(values)
+
+
 def _run_command(args) -> int:
     from .pipeline import PipelineSettings, run_pipeline
 
     settings = PipelineSettings(
         models_dir=args.models, sam=args.sam, inpaint=args.inpaint, inpaint_config=args.inpaint_config,
         no_inpaint=args.no_inpaint, lift3d=args.lift3d, guidance=args.guidance,
-        guidance_config=args.guidance_config, prompt=args.prompt, phrases=args.phrases, device=args.device,
+        guidance_config=args.guidance_config, prompt=args.prompt, phrases=_phrases_arg(args.phrases),
+        detect=args.detect, detect_threshold=args.detect_threshold, device=args.device,
         seed=args.seed, inpaint_steps=args.inpaint_steps, inpaint_resolution=args.inpaint_resolution,
         mc_resolution=args.mc_resolution, density_threshold=args.density_threshold, max_faces=args.max_faces,
         depth=args.depth, fov_deg=args.fov, elevation_deg=args.elevation, refine_steps=args.steps,

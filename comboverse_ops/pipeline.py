@@ -52,6 +52,8 @@ class PipelineSettings:
     guidance_config: str | None = None
     prompt: str = ""
     phrases: str | None = None  # one per box (JSON list / lines / ';'-separated); default none
+    detect: str | None = None  # OWLv2 save_pretrained folder: boxes from the phrases when no boxes are given
+    detect_threshold: float = 0.1  # DetectSettings.threshold
     device: str | None = None  # default cuda if available else cpu
     seed: int = 0
     # Inpaint
@@ -236,12 +238,32 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     if s.depth:
         from .depth import check_depth_folder
         check_depth_folder(s.depth)
+    if boxes is None and not s.detect:
+        raise ValueError("--boxes: not given; give one box per object, or name the objects with --phrases and "
+                         "give an OWLv2 folder with --detect DIR to find their boxes")
+    if boxes is None:
+        from .detect import check_detector_folder
+        check_detector_folder(s.detect)
+        detect_phrases_ = parse_phrases(s.phrases, None, what="--phrases")
     image = load_image_hwc(image_path)
     h, w = image.shape[:2]
-    box_t = parse_boxes(boxes, (h, w), what="--boxes")
-    phrases = parse_phrases(s.phrases, box_t.shape[0], what="--phrases")
     timings: dict[str, float] = {}
     models_used: dict[str, dict] = {}
+    if boxes is None:  # 0. Detect: one box per phrase
+        from .detect import DetectSettings, detect_phrases, load_detector
+
+        t = time.perf_counter()
+        log(f"Detect: {s.detect}")
+        detector = load_detector(s.detect, device=device).to(device)
+        found = detect_phrases(detector, image.to(device), detect_phrases_,
+                               DetectSettings(threshold=s.detect_threshold), what="--detect")
+        models_used["detect"] = {"kind": f"{detector.model_type} (open-vocabulary detector)", "file": str(s.detect)}
+        _offload(detector)
+        del detector
+        boxes, s = found.boxes.tolist(), replace(s, phrases=json.dumps(list(found.phrases)))
+        timings["detect"] = time.perf_counter() - t
+    box_t = parse_boxes(boxes, (h, w), what="--boxes")
+    phrases = parse_phrases(s.phrases, box_t.shape[0], what="--phrases")
 
     def bar(label: str, total: int):
         return progress(label, total) if progress is not None else None

@@ -2,6 +2,7 @@
 
 from .combine import InitPose, SSDSRefine
 from .depth import Depth, LoadDepthModel
+from .detect import Detect, LoadDetector
 from .export_mesh import ExportMesh
 from .guidance import LoadGuidanceModel
 from .inpaint import Inpaint, InpaintFinish, InpaintPrepare
@@ -15,6 +16,8 @@ NODE_CLASS_MAPPINGS = {
     "ComboVerseDepth": Depth,
     "ComboVerseLoadSAM": LoadSAM,
     "ComboVerseSegment": Segment,
+    "ComboVerseLoadDetector": LoadDetector,
+    "ComboVerseDetect": Detect,
     "ComboVerseLoadInpaintModel": LoadInpaintModel,
     "ComboVerseInpaint": Inpaint,
     "ComboVerseInpaintPrepare": InpaintPrepare,
@@ -35,6 +38,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ComboVerseDepth": "ComboVerse Depth",
     "ComboVerseLoadSAM": "ComboVerse Load SAM",
     "ComboVerseSegment": "ComboVerse Segment",
+    "ComboVerseLoadDetector": "ComboVerse Load Detector",
+    "ComboVerseDetect": "ComboVerse Detect",
     "ComboVerseLoadInpaintModel": "ComboVerse Load Inpaint Model",
     "ComboVerseInpaint": "ComboVerse Inpaint",
     "ComboVerseInpaintPrepare": "ComboVerse Inpaint Prepare",

@@ -79,6 +79,18 @@ def workflow_metadata(prompt=None, extra_pnginfo=None) -> dict:
     return metadata
 
 
+def upstream_node(prompt, unique_id, input_name: str) -> str:
+    """Who feeds ``input_name`` of node ``unique_id``, from ComfyUI's hidden ``PROMPT`` and
+    ``UNIQUE_ID`` inputs: ``"SAM3 Detect (node #12)"``; a generic phrase when unknown."""
+    try:
+        source_id = str(prompt[str(unique_id)]["inputs"][input_name][0])
+        source = prompt[source_id]
+        title = (source.get("_meta") or {}).get("title") or source["class_type"]
+        return f"{title} (node #{source_id})"
+    except (KeyError, IndexError, TypeError):
+        return f"the node connected to '{input_name}'"
+
+
 def make_core_mesh(vertices: torch.Tensor, faces: torch.Tensor, vertex_colors: torch.Tensor | None = None):
     """A ComfyUI core ``MESH`` (``vertices [B,N,3]`` float, ``faces [B,M,3]`` int, a plain tensor
     batch, which core SaveGLB / Preview3D of every version read).
@@ -275,6 +287,36 @@ def clip_tokenizer_dirs() -> list[Path]:
         dirs += [Path(p) / "sd1_tokenizer" for p in spec.submodule_search_locations]
     dirs.append(models_directory() / "clip_tokenizer")
     return dirs
+
+
+def model_folder_choices(kind: str) -> list[str]:
+    """Subfolders (``save_pretrained`` model folders) of ComfyUI's ``models/<kind>``, sorted; the
+    folder kind is registered with ComfyUI first (kept if another pack registered it)."""
+    fp = _folder_paths()
+    if fp is not None:
+        path = os.path.join(fp.models_dir, kind)
+        if kind not in fp.folder_names_and_paths:
+            fp.folder_names_and_paths[kind] = ([path], set())
+        elif path not in fp.folder_names_and_paths[kind][0]:
+            fp.add_model_folder_path(kind, path)
+    names = set()
+    for root in model_folder_paths(kind):
+        if root.is_dir():
+            names |= {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return sorted(names)
+
+
+def resolve_model_folder(kind: str, name: str, node: str, what: str) -> Path:
+    """The folder ``name`` of ``models/<kind>`` (an absolute path is taken as it is). A missing
+    one resolves to where it should be, so the loader's error names that path."""
+    roots = model_folder_paths(kind)
+    if not name:
+        raise FileNotFoundError(f"{node}: no model folder chosen; put {what} into {[str(r) for r in roots]} "
+                                "and refresh")
+    p = Path(name)
+    if p.is_absolute():
+        return p
+    return next((root / name for root in roots if (root / name).exists()), roots[0] / name)
 
 
 def model_devices() -> tuple[torch.device, torch.device]:
