@@ -1,5 +1,6 @@
 """ComfyUI node classes of the pack: thin wrappers that call into comboverse_ops."""
 
+from .boxes import Boxes
 from .combine import InitPose, SSDSRefine
 from .depth import Depth, LoadDepthModel
 from .detect import Detect, LoadDetector
@@ -15,6 +16,7 @@ NODE_CLASS_MAPPINGS = {
     "ComboVerseLoadDepthModel": LoadDepthModel,
     "ComboVerseDepth": Depth,
     "ComboVerseLoadSAM": LoadSAM,
+    "ComboVerseBoxes": Boxes,
     "ComboVerseSegment": Segment,
     "ComboVerseLoadDetector": LoadDetector,
     "ComboVerseDetect": Detect,
@@ -37,6 +39,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ComboVerseLoadDepthModel": "ComboVerse Load Depth Model",
     "ComboVerseDepth": "ComboVerse Depth",
     "ComboVerseLoadSAM": "ComboVerse Load SAM",
+    "ComboVerseBoxes": "ComboVerse Boxes",
     "ComboVerseSegment": "ComboVerse Segment",
     "ComboVerseLoadDetector": "ComboVerse Load Detector",
     "ComboVerseDetect": "ComboVerse Detect",

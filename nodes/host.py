@@ -7,6 +7,7 @@ the output folder is ``$COMBOVERSE_OUTPUT_DIR`` (default ``./output``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -89,6 +90,35 @@ def upstream_node(prompt, unique_id, input_name: str) -> str:
         return f"{title} (node #{source_id})"
     except (KeyError, IndexError, TypeError):
         return f"the node connected to '{input_name}'"
+
+
+# Colours of objects 0, 1, 2, ... in the box editor (web/comboverse_boxes.js keeps the same list).
+OBJECT_COLOURS = ((0.90, 0.30, 0.24), (0.20, 0.60, 0.86), (0.18, 0.80, 0.44), (0.95, 0.77, 0.06),
+                  (0.61, 0.35, 0.71), (0.90, 0.49, 0.13), (0.10, 0.74, 0.61), (0.93, 0.44, 0.69))
+
+
+def mask_overlay_ui(image_hwc: torch.Tensor, masks: torch.Tensor) -> dict | None:
+    """ComfyUI's UI output showing ``masks`` (``[N, H, W]``, 1 = object) in the editor's colours
+    over the picture (``[H, W, C]`` in [0, 1]): one PNG in ComfyUI's temp folder, as
+    ``{"images": [{"filename", "subfolder", "type": "temp"}]}``. None outside ComfyUI."""
+    fp = _folder_paths()
+    if fp is None:
+        return None
+    from PIL import Image
+
+    rgb = image_hwc[..., :3].detach().float().cpu().clamp(0, 1)
+    out = rgb * 0.45
+    for i, m in enumerate(masks.detach().float().cpu()):
+        colour = torch.tensor(OBJECT_COLOURS[i % len(OBJECT_COLOURS)])
+        out = torch.where(m[..., None] > 0.5, rgb * 0.35 + colour * 0.65, out)
+    folder = Path(fp.get_temp_directory()) / "comboverse"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"masks_{os.getpid()}_{next(_OVERLAYS):05}.png"
+    Image.fromarray((out * 255).round().to(torch.uint8).numpy()).save(folder / name, compress_level=1)
+    return {"images": [{"filename": name, "subfolder": "comboverse", "type": "temp"}]}
+
+
+_OVERLAYS = itertools.count()
 
 
 def make_core_mesh(vertices: torch.Tensor, faces: torch.Tensor, vertex_colors: torch.Tensor | None = None):

@@ -113,4 +113,6 @@ class Segment:
                             recenter=recenter_settings(crop_size, foreground_ratio, background))
         out = host.intermediate_device()
         layout = seg.layout
-        return (seg.crops.to(out), seg.crop_masks.to(out), layout, layout.masks.to(out))
+        result = (seg.crops.to(out), seg.crop_masks.to(out), layout, layout.masks.to(out))
+        ui = host.mask_overlay_ui(img, layout.masks)  # the masks over the picture, shown after a run
+        return {"ui": ui, "result": result} if ui is not None else result
