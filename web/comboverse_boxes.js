@@ -76,28 +76,41 @@ class BoxEditor {
     Object.assign(this.root.style, { display: "flex", flexDirection: "column", gap: "4px", outline: "none",
       width: "100%", height: "100%", boxSizing: "border-box" });
     this.canvas = document.createElement("canvas");
-    Object.assign(this.canvas.style, { width: "100%", cursor: "crosshair", background: "#222", borderRadius: "4px",
-      touchAction: "none" });
+    Object.assign(this.canvas.style, { alignSelf: "center", cursor: "crosshair", background: "#222",
+      borderRadius: "4px", touchAction: "none", flex: "none" });
     this.hint = document.createElement("div");
-    Object.assign(this.hint.style, { fontSize: "11px", opacity: "0.7" });
+    Object.assign(this.hint.style, { fontSize: "11px", opacity: "0.7", whiteSpace: "nowrap", overflow: "hidden",
+      textOverflow: "ellipsis", flex: "none" });
     this.list = document.createElement("div");
-    Object.assign(this.list.style, { display: "flex", flexDirection: "column", gap: "2px", overflowY: "auto" });
+    Object.assign(this.list.style, { display: "flex", flexDirection: "column", gap: "2px", overflowY: "auto",
+      flex: "none", height: "84px" }); // fixed: the picture keeps its size while boxes come and go
     this.root.append(this.canvas, this.hint, this.list);
 
     this.canvas.addEventListener("pointerdown", (e) => this.onDown(e));
     this.canvas.addEventListener("pointermove", (e) => this.onMove(e));
     this.canvas.addEventListener("pointerup", (e) => this.onUp(e));
-    this.root.addEventListener("keydown", (e) => {
-      if ((e.key === "Delete" || e.key === "Backspace") && e.target === this.root && this.selected >= 0) {
-        this.remove(this.selected);
-        e.preventDefault();
-        e.stopPropagation();
-      }
-    });
+    // Delete / Backspace remove the selected box while the editor is the last thing clicked. The
+    // listener runs in the capture phase, before the graph's own handler would delete the node.
+    this.active = false;
+    this.onDocumentPointer = (e) => { this.active = this.root.contains(e.target); };
+    this.onDocumentKey = (e) => {
+      const typing = /^(INPUT|TEXTAREA)$/.test(document.activeElement?.tagName ?? "");
+      if (!this.active || typing || this.selected < 0 || !(e.key === "Delete" || e.key === "Backspace")) return;
+      this.remove(this.selected);
+      e.preventDefault();
+      e.stopImmediatePropagation();
+    };
+    document.addEventListener("pointerdown", this.onDocumentPointer, true);
+    document.addEventListener("keydown", this.onDocumentKey, true);
     // The graph canvas must not pan or select while the editor is used.
     for (const kind of ["pointerdown", "mousedown", "wheel", "contextmenu"]) {
       this.root.addEventListener(kind, (e) => e.stopPropagation());
     }
+  }
+
+  dispose() {
+    document.removeEventListener("pointerdown", this.onDocumentPointer, true);
+    document.removeEventListener("keydown", this.onDocumentKey, true);
   }
 
   widget() {
@@ -117,6 +130,11 @@ class BoxEditor {
         this.rebuildList();
         this.draw();
       }
+    }
+    const size = `${this.root.clientWidth}x${this.root.clientHeight}`;
+    if (size !== this.lastSize) {
+      this.lastSize = size; // the node was resized: fit the picture again
+      this.draw();
     }
     const url = inputPictureURL(this.node);
     if (url !== this.pictureURL) {
@@ -197,7 +215,6 @@ class BoxEditor {
 
   onDown(e) {
     if (!this.picture || e.button !== 0) return;
-    this.root.focus();
     const p = this.toImage(e);
     const hit = this.hit(p);
     if (hit) {
@@ -292,10 +309,16 @@ class BoxEditor {
 
   draw() {
     const ctx = this.canvas.getContext("2d");
-    const width = Math.max(64, Math.round(this.canvas.clientWidth || 320));
+    // The picture fits the space the node gives the editor, less the hint and the phrase list.
+    const room = Math.max(64, (this.root.clientWidth || 320) - 2);
+    const tall = Math.max(80, (this.root.clientHeight || 300) - this.hint.offsetHeight - this.list.offsetHeight - 10);
+    const aspect = this.picture ? this.picture.naturalHeight / this.picture.naturalWidth : 0.6;
+    const width = Math.round(Math.min(room, tall / aspect));
+    this.canvas.style.width = `${width}px`;
+    this.canvas.style.height = `${Math.round(width * aspect)}px`;
     if (!this.picture) {
       this.canvas.width = width;
-      this.canvas.height = Math.round(width * 0.6);
+      this.canvas.height = Math.round(width * aspect);
       ctx.fillStyle = "#222";
       ctx.fillRect(0, 0, this.canvas.width, this.canvas.height);
       ctx.fillStyle = "#aaa";
@@ -304,10 +327,8 @@ class BoxEditor {
       this.updateHint();
       return;
     }
-    const w = this.picture.naturalWidth;
-    const h = this.picture.naturalHeight;
     this.canvas.width = width;
-    this.canvas.height = Math.round((width * h) / w);
+    this.canvas.height = Math.round(width * aspect);
     const s = this.scale();
     ctx.drawImage(this.overlay ?? this.picture, 0, 0, this.canvas.width, this.canvas.height);
     ctx.font = "bold 12px sans-serif";
@@ -388,6 +409,11 @@ app.registerExtension({
     nodeType.prototype.onDrawForeground = function () {
       onDrawForeground?.apply(this, arguments);
       this.comboverseBoxEditor?.sync();
+    };
+    const onRemoved = nodeType.prototype.onRemoved;
+    nodeType.prototype.onRemoved = function () {
+      onRemoved?.apply(this, arguments);
+      this.comboverseBoxEditor?.dispose();
     };
     const onConnectionsChange = nodeType.prototype.onConnectionsChange;
     nodeType.prototype.onConnectionsChange = function () {
