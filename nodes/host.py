@@ -101,20 +101,29 @@ def mask_overlay_ui(image_hwc: torch.Tensor, masks: torch.Tensor) -> dict | None
     """ComfyUI's UI output showing ``masks`` (``[N, H, W]``, 1 = object) in the editor's colours
     over the picture (``[H, W, C]`` in [0, 1]): one PNG in ComfyUI's temp folder, as
     ``{"images": [{"filename", "subfolder", "type": "temp"}]}``. None outside ComfyUI."""
-    fp = _folder_paths()
-    if fp is None:
+    if _folder_paths() is None:
         return None
-    from PIL import Image
-
     rgb = image_hwc[..., :3].detach().float().cpu().clamp(0, 1)
     out = rgb * 0.45
     for i, m in enumerate(masks.detach().float().cpu()):
         colour = torch.tensor(OBJECT_COLOURS[i % len(OBJECT_COLOURS)])
         out = torch.where(m[..., None] > 0.5, rgb * 0.35 + colour * 0.65, out)
+    return temp_image_ui(out, "masks")
+
+
+def temp_image_ui(image_hwc: torch.Tensor, stem: str) -> dict | None:
+    """An ``[H, W, 3]`` image in [0, 1] as ComfyUI's UI output (a PNG in its temp folder, shown
+    under the node): ``{"images": [{"filename", "subfolder", "type": "temp"}]}``; None outside ComfyUI."""
+    fp = _folder_paths()
+    if fp is None:
+        return None
+    from PIL import Image
+
     folder = Path(fp.get_temp_directory()) / "comboverse"
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"masks_{os.getpid()}_{next(_OVERLAYS):05}.png"
-    Image.fromarray((out * 255).round().to(torch.uint8).numpy()).save(folder / name, compress_level=1)
+    name = f"{stem}_{os.getpid()}_{next(_OVERLAYS):05}.png"
+    pixels = (image_hwc[..., :3].detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(folder / name, compress_level=1)
     return {"images": [{"filename": name, "subfolder": "comboverse", "type": "temp"}]}
 
 
@@ -205,6 +214,11 @@ def _folder_paths():
     except ImportError:
         return None
     return folder_paths
+
+
+def in_comfyui() -> bool:
+    """Whether ComfyUI's modules are there (UI outputs such as previews are made only then)."""
+    return _folder_paths() is not None
 
 
 def models_directory() -> Path:
