@@ -2,6 +2,8 @@
 
 Stages, in order (each one the same core call the ComfyUI node makes):
 
+0. **Detect** (only without boxes): an OWLv2 folder (``--detect DIR``) finds one box per
+   ``--phrases`` object.
 1. **Segment**: SAM, prompted with the user's boxes (``DIR/sams/*.pth``, the first found in
    name order, or ``--sam FILE``).
 2. **Inpaint**: SD inpainting completes occluded objects (``DIR/checkpoints/`` or
@@ -33,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from .detect import DetectSettings
+
 __all__ = ["PipelineSettings", "run_pipeline", "find_models", "load_image_hwc"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
@@ -53,7 +57,7 @@ class PipelineSettings:
     prompt: str = ""
     phrases: str | None = None  # one per box (JSON list / lines / ';'-separated); default none
     detect: str | None = None  # OWLv2 save_pretrained folder: boxes from the phrases when no boxes are given
-    detect_threshold: float = 0.1  # DetectSettings.threshold
+    detect_threshold: float = DetectSettings.threshold
     device: str | None = None  # default cuda if available else cpu
     seed: int = 0
     # Inpaint
@@ -244,18 +248,18 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     if boxes is None:
         from .detect import check_detector_folder
         check_detector_folder(s.detect)
-        detect_phrases_ = parse_phrases(s.phrases, None, what="--phrases")
+        object_phrases = parse_phrases(s.phrases, None, what="--phrases")
     image = load_image_hwc(image_path)
     h, w = image.shape[:2]
     timings: dict[str, float] = {}
     models_used: dict[str, dict] = {}
     if boxes is None:  # 0. Detect: one box per phrase
-        from .detect import DetectSettings, detect_phrases, load_detector
+        from .detect import detect_phrases, load_detector
 
         t = time.perf_counter()
         log(f"Detect: {s.detect}")
         detector = load_detector(s.detect, device=device).to(device)
-        found = detect_phrases(detector, image.to(device), detect_phrases_,
+        found = detect_phrases(detector, image.to(device), object_phrases,
                                DetectSettings(threshold=s.detect_threshold), what="--detect")
         models_used["detect"] = {"kind": f"{detector.model_type} (open-vocabulary detector)", "file": str(s.detect)}
         _offload(detector)

@@ -79,7 +79,8 @@ def test_boxes_node_and_glb_metadata_inside_comfyui(server):
     entry = history[prompt_id]
     assert entry["status"]["status_str"] == "success", entry["status"]["messages"][-1]
     overlay = entry["outputs"]["4"]["images"][0]
-    assert overlay["type"] == "temp" and (server["base"] / "temp" / overlay["subfolder"] / overlay["filename"]).is_file()
+    assert overlay["type"] == "temp"
+    assert (server["base"] / "temp" / overlay["subfolder"] / overlay["filename"]).is_file()
     shown = entry["outputs"]["8"]["3d"][0]
     gltf = glb_json((server["base"] / "output" / shown["subfolder"] / shown["filename"]).read_bytes())
     assert [n["extras"]["phrase"] for n in gltf["nodes"]] == server["phrases"].split("\n")
