@@ -553,7 +553,7 @@ def _assemble(placed, relations, cam, seed, s, el, az, radius, target, device, d
 
 def _default_render_fn(background):
     def render(scene: Scene, cameras: Cameras):
-        from comboverse_ops.render import render_scene  # heavy; only when observing
+        from .render import render_scene  # heavy; only when observing
         return render_scene(scene, cameras, background=background, backend="auto")
     return render
 
