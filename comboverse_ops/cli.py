@@ -82,7 +82,8 @@ def run_demo(out_dir: str | Path, seed: int = 0, size: int = 256, objects: int =
         "reference": save_png_atomic(out / "reference.png", ref.image),
         "before_after": save_png_atomic(out / "before_after.png", torch.cat(
             [rows[0], torch.ones(4, rows[0].shape[1], 3), rows[1], torch.ones(4, rows[0].shape[1], 3), rows[2]])),
-        "glb": write_glb(result.scene, out / "scene.glb"),
+        "glb": write_glb(result.scene, out / "scene.glb", {"comboverse": {
+            "command": "demo", "settings": {"seed": seed, "size": size, "objects": objects, "steps": rs.steps}}}),
     }
     m_init = scene_metrics(start, truth.scene, novel_cameras(truth, 4))
     m_final = scene_metrics(result.scene, truth.scene, novel_cameras(truth, 4))
@@ -170,12 +171,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _add_run_parser(sub) -> None:
     """``comboverse run IMAGE --boxes ... --models DIR --out scene.glb`` (comboverse_ops/pipeline.py)."""
+    from .detect import DetectSettings
+
     run = sub.add_parser("run", help="the full pipeline on one picture (SAM, SD inpainting, TripoSR, InitPose, "
                                      "SSDSRefine), headless")
     run.add_argument("image", help="the picture (PNG, JPEG, ...)")
-    run.add_argument("--boxes", required=True, help="one box per object, JSON: '[[x0,y0,x1,y1], ...]' (pixels)")
+    run.add_argument("--boxes", default=None, help="one box per object, JSON: '[[x0,y0,x1,y1], ...]' (pixels); "
+                                                   "without it, --detect finds one box per phrase")
     run.add_argument("--prompt", default="", help="the scene's text, stating the relations (used by SSDS)")
-    run.add_argument("--phrases", default=None, help="one phrase per box (JSON list, lines, or ';'-separated)")
+    run.add_argument("--phrases", nargs="+", default=None,
+                     help="one phrase per object: several arguments (\"a red cube\" \"a blue ball\"), or one "
+                          "JSON list, lines, or ';'-separated text")
+    run.add_argument("--detect", default=None, help="OWLv2 model folder (save_pretrained layout): finds the box of "
+                                                    "each --phrases object when --boxes is not given")
+    run.add_argument("--detect-threshold", type=float, default=DetectSettings.threshold,
+                     help="lowest score a phrase's box may have")
     run.add_argument("--out", default="scene.glb", help="the GLB to write; previews and report go next to it")
     _add_setting_flags(run)
 
@@ -216,17 +226,25 @@ def _add_setting_flags(run) -> None:
     run.add_argument("--preview-size", type=int, default=d.preview_size)
 
 
+def _phrases_arg(values: list[str] | None) -> str | None:
+    """``--phrases``: one argument as it is (JSON list, lines, ';'-separated), several as a JSON list."""
+    if values is None or len(values) == 1:
+        return values[0] if values else None
+    return json.dumps(values)
+
+
 def _run_command(args) -> int:
     from .pipeline import run_pipeline
 
-    settings = _settings_from_args(args, prompt=args.prompt, phrases=args.phrases, device=args.device)
+    settings = _settings_from_args(args, prompt=args.prompt, phrases=_phrases_arg(args.phrases), device=args.device,
+                                   detect=args.detect, detect_threshold=args.detect_threshold)
     run_pipeline(args.image, args.boxes, args.out, settings,
                  progress=lambda label, total: _ProgressBar(label, total))
     return 0
 
 
-def _settings_from_args(args, prompt: str = "", phrases: str | None = None, device: str | None = None):
-    """PipelineSettings from the flags of :func:`_add_setting_flags`."""
+def _settings_from_args(args, prompt: str = "", phrases: str | None = None, device: str | None = None, **extra):
+    """PipelineSettings from the flags of :func:`_add_setting_flags` (``extra``: fields only ``run`` has)."""
     from .pipeline import PipelineSettings
 
     return PipelineSettings(
@@ -237,7 +255,7 @@ def _settings_from_args(args, prompt: str = "", phrases: str | None = None, devi
         mc_resolution=args.mc_resolution, density_threshold=args.density_threshold, max_faces=args.max_faces,
         depth=args.depth, fov_deg=args.fov, elevation_deg=args.elevation, refine_steps=args.steps,
         refine_resolution=args.refine_resolution, ssds_weight=args.ssds_weight, ssds_views=args.ssds_views,
-        ssds_resolution=args.ssds_resolution, preview_size=args.preview_size)
+        ssds_resolution=args.ssds_resolution, preview_size=args.preview_size, **extra)
 
 
 def _add_batch_parser(sub) -> None:

@@ -4,7 +4,10 @@ GLB written by :func:`scene_to_glb_bytes` (glTF 2.0, one JSON and one BIN chunk)
 
 - one node per scene object, named after it, whose TRS is the object's pose (``scale``
   ``[s, s, s]``, ``rotation`` a unit quaternion ``(x, y, z, w)``, ``translation``), so objects
-  stay separate and can be re-posed in Blender;
+  stay separate and can be re-posed in Blender; the node's ``extras`` say how the object was
+  made (:func:`object_extras`: its phrase, its box in the source picture, its pose);
+- ``asset.extras``: what the caller passes (ExportMesh: ComfyUI's prompt and workflow, as core
+  SaveGLB stores them; the CLI: its settings) plus the pack's version under ``comboverse``;
 - the node's mesh holds the canonical-frame vertices; one mesh and one material per object;
 - attributes POSITION, NORMAL (unit length), COLOR_0 (float RGB, when the mesh has vertex
   colours), TEXCOORD_0 (when it has uvs; ``v`` flipped from the pack's OpenGL convention, see
@@ -38,8 +41,8 @@ from .mesh import Mesh
 from .pose import matrix_to_quat_xyzw
 from .scene import Scene, SceneObject
 
-__all__ = ["scene_to_glb_bytes", "write_glb", "load_mesh_file", "scene_to_mesh_arrays", "scene_vertex_colors",
-           "meshes_from_mesh_arrays"]
+__all__ = ["scene_to_glb_bytes", "write_glb", "object_extras", "load_mesh_file", "scene_to_mesh_arrays",
+           "scene_vertex_colors", "meshes_from_mesh_arrays"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +127,8 @@ def _unit_normals(mesh: Mesh) -> np.ndarray:
     return n / np.linalg.norm(n, axis=1, keepdims=True)
 
 
-def _add_object(b: _GlbBuilder, obj: SceneObject) -> int:
-    """Append one object's mesh, material and node; return the node index."""
+def _add_object(b: _GlbBuilder, obj: SceneObject, extras: dict | None = None) -> int:
+    """Append one object's mesh, material and node (with ``extras``); return the node index."""
     mesh = obj.mesh
     for label, t in (("vertex_colors", mesh.vertex_colors), ("uvs", mesh.uvs), ("texture", mesh.texture)):
         _check_finite(obj, label, t)
@@ -154,29 +157,66 @@ def _add_object(b: _GlbBuilder, obj: SceneObject) -> int:
     gltf_mesh = b.add("meshes", {"name": obj.name, "primitives": [
         {"attributes": attributes, "indices": indices, "material": material, "mode": 4}]})
     pose = obj.pose.detach().to("cpu", torch.float64)
-    return b.add("nodes", {"name": obj.name, "mesh": gltf_mesh,
-                           "rotation": matrix_to_quat_xyzw(pose.rotation_matrix()).tolist(),
-                           "scale": [float(pose.scale[0])] * 3,
-                           "translation": pose.translation.tolist()})
+    node = {"name": obj.name, "mesh": gltf_mesh, "rotation": matrix_to_quat_xyzw(pose.rotation_matrix()).tolist(),
+            "scale": [float(pose.scale[0])] * 3, "translation": pose.translation.tolist()}
+    if extras:
+        node["extras"] = extras
+    return b.add("nodes", node)
 
 
-def scene_to_glb_bytes(scene: Scene) -> bytes:
+def object_extras(scene: Scene, index: int) -> dict:
+    """What the GLB node of ``scene.objects[index]`` records in its ``extras``.
+
+    ``{"phrase": str, "box_xyxy": [x0, y0, x1, y1] (source-image pixels, :mod:`.layout`),
+    "image_size": [width, height], "pose": {"scale": float, "rotation_vector": [3] (axis-angle,
+    radians, :mod:`.pose`), "translation": [3]}}``; phrase, box and image size come from
+    ``scene.meta`` (:func:`.layout.layout_meta`) and are left out where the scene has none.
+    """
+    obj, meta = scene.objects[index], scene.meta
+    pose = obj.pose.detach().to("cpu", torch.float64)
+    extras = {}
+    if len(meta.get("phrases", ())) == len(scene.objects):
+        extras["phrase"] = str(meta["phrases"][index])
+    if len(meta.get("boxes", ())) == len(scene.objects):
+        extras["box_xyxy"] = [float(v) for v in meta["boxes"][index]]
+        if "image_size" in meta:
+            extras["image_size"] = [int(meta["image_size"][1]), int(meta["image_size"][0])]
+    extras["pose"] = {"scale": float(pose.scale[0]), "rotation_vector": pose.rotation.tolist(),
+                      "translation": pose.translation.tolist()}
+    return extras
+
+
+def scene_to_glb_bytes(scene: Scene, asset_extras: dict | None = None) -> bytes:
     """The scene as one glTF 2.0 binary (layout in the module doc).
 
     Args:
         scene: validated first (``ValueError`` naming the bad object); poses may require grad,
             tensors may live on any device.
+        asset_extras: JSON-serialisable values for ``asset.extras`` (``comboverse`` is added:
+            ``{"version": ...}`` merged with any ``comboverse`` dict given).
     Returns:
         the ``.glb`` file contents.
+    Raises:
+        ValueError: an ``asset_extras`` value that JSON cannot hold (named).
     """
+    from . import __version__
+
     scene.validate()
     b = _GlbBuilder()
-    for obj in scene.objects:
-        b.gltf["scenes"][0]["nodes"].append(_add_object(b, obj))
+    extras = dict(asset_extras or {})
+    extras["comboverse"] = {"version": __version__, **extras.get("comboverse", {})}
+    for key, value in extras.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"GLB asset extras: {key!r} cannot be stored as JSON ({e})") from None
+    b.gltf["asset"]["extras"] = extras
+    for i, obj in enumerate(scene.objects):
+        b.gltf["scenes"][0]["nodes"].append(_add_object(b, obj, object_extras(scene, i)))
     return b.to_bytes()
 
 
-def write_glb(scene: Scene, path: str | os.PathLike) -> Path:
+def write_glb(scene: Scene, path: str | os.PathLike, asset_extras: dict | None = None) -> Path:
     """Write :func:`scene_to_glb_bytes` to ``path`` atomically; return the path.
 
     The file appears complete or not at all: the bytes go to a temporary file in the same
@@ -184,7 +224,7 @@ def write_glb(scene: Scene, path: str | os.PathLike) -> Path:
     temporary file is removed and an existing ``path`` is left untouched. Parent folders are
     created.
     """
-    return write_bytes_atomic(path, scene_to_glb_bytes(scene))  # bytes fail before the disk is touched
+    return write_bytes_atomic(path, scene_to_glb_bytes(scene, asset_extras))  # bytes fail before the disk is touched
 
 
 def _unit_colors(colors) -> np.ndarray:

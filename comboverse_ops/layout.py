@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["Layout", "parse_boxes", "parse_points", "boxes_from_masks"]
+__all__ = ["Layout", "layout_meta", "parse_boxes", "parse_box_input", "to_bounding_boxes", "parse_points",
+           "boxes_from_masks"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,14 @@ class Layout:
 
     def with_masks(self, masks: torch.Tensor) -> "Layout":
         return replace(self, masks=masks)
+
+
+def layout_meta(layout: Layout) -> dict:
+    """What a scene built on ``layout`` keeps of it in ``Scene.meta`` (plain JSON values): its
+    ``phrases``, ``boxes`` (``[N][4]`` pixels) and ``image_size`` (``[height, width]``); the GLB
+    export writes them into each object's node."""
+    return {"phrases": list(layout.phrases), "boxes": layout.boxes.detach().cpu().tolist(),
+            "image_size": [int(layout.image_size[0]), int(layout.image_size[1])]}
 
 
 def _check_boxes(boxes: torch.Tensor, image_size: tuple[int, int], what: str) -> torch.Tensor:
@@ -105,6 +114,60 @@ def parse_boxes(value, image_size: tuple[int, int], *, what: str = "boxes") -> t
     if not rows:
         raise ValueError(f"{what}: no boxes given; give one box per object")
     return _check_boxes(torch.tensor(rows, dtype=torch.float32), image_size, what)
+
+
+def _per_image_lists(value) -> list | None:
+    """The per-image lists of ComfyUI's ``BOUNDING_BOX``/``BOUNDING_BOXES`` (a list holding one list
+    of box dicts per image, possibly empty), or None when ``value`` is not in that form."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value) \
+            and all(isinstance(b, dict) for v in value for b in v):
+        return [list(v) for v in value]
+    return None
+
+
+def parse_box_input(value, image_size: tuple[int, int], *, what: str = "boxes",
+                    source: str = "the node connected to it") -> tuple[torch.Tensor, tuple[str, ...] | None]:
+    """Boxes from another node's ``BOUNDING_BOX`` or ``BOUNDING_BOXES`` output, with their labels.
+
+    Accepts every form core nodes and packs give: one ``{x, y, width, height}`` dict (extra keys
+    such as ``score`` or ``label`` allowed), a list of them, or one list per image (core SAM3
+    detection: boxes ordered by score, ``[[]]`` when nothing was found; only the first image's
+    are used, as Segment takes one image), plus everything :func:`parse_boxes` takes.
+
+    Returns:
+        ``(boxes, labels)``: ``[N, 4]`` float32 ``(x0, y0, x1, y1)`` in the input's order, and
+        the boxes' ``label`` strings (ComboVerse Detect's phrases) when every box has one, else None.
+    Raises:
+        ValueError: no box at all (naming ``source`` as the node that found nothing), or a box
+            :func:`parse_boxes` refuses.
+    """
+    per_image = _per_image_lists(value)
+    if per_image is not None:
+        value = per_image[0]
+    elif isinstance(value, dict):
+        value = [value]
+    if isinstance(value, (list, tuple)) and not value:
+        raise ValueError(f"{what}: no object was detected: {source} gave no box for this image. Check that "
+                         "node's text prompt and threshold (lower it to find more), or draw the boxes instead")
+    labels = None
+    if isinstance(value, (list, tuple)) and all(isinstance(b, dict) for b in value) \
+            and all(isinstance(b.get("label"), str) for b in value):
+        labels = tuple(b["label"] for b in value)
+    return parse_boxes(value, image_size, what=what), labels
+
+
+def to_bounding_boxes(boxes: torch.Tensor, scores=None, labels=None) -> list[list[dict]]:
+    """``[N, 4]`` pixel boxes ``(x0, y0, x1, y1)`` as ComfyUI's ``BOUNDING_BOX`` for one image:
+    ``[[{"x", "y", "width", "height"(, "score")(, "label")}, ...]]`` (floats, pixels)."""
+    out = []
+    for i, (x0, y0, x1, y1) in enumerate(boxes.detach().cpu().tolist()):
+        b = {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0}
+        if scores is not None:
+            b["score"] = float(scores[i])
+        if labels is not None:
+            b["label"] = str(labels[i])
+        out.append(b)
+    return [out]
 
 
 def parse_points(value, *, what: str = "points") -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 Stages, in order (each one the same core call the ComfyUI node makes):
 
+0. **Detect** (only without boxes): an OWLv2 folder (``--detect DIR``) finds one box per
+   ``--phrases`` object.
 1. **Segment**: SAM, prompted with the user's boxes (``DIR/sams/*.pth``, the first found in
    name order, or ``--sam FILE``).
 2. **Inpaint**: SD inpainting completes occluded objects (``DIR/checkpoints/`` or
@@ -33,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from .detect import DetectSettings
+
 __all__ = ["PipelineSettings", "run_pipeline", "find_models", "load_image_hwc"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
@@ -52,6 +56,8 @@ class PipelineSettings:
     guidance_config: str | None = None
     prompt: str = ""
     phrases: str | None = None  # one per box (JSON list / lines / ';'-separated); default none
+    detect: str | None = None  # OWLv2 save_pretrained folder: boxes from the phrases when no boxes are given
+    detect_threshold: float = DetectSettings.threshold
     device: str | None = None  # default cuda if available else cpu
     seed: int = 0
     # Inpaint
@@ -211,7 +217,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     from .export import write_glb
     from .init_pose import InitSettings, init_poses, reference_camera
     from .inpaint import InpaintSettings, inpaint_objects
-    from .layout import parse_boxes
+    from .layout import layout_meta, parse_boxes
     from .lift3d.checkpoint import load_triposr
     from .lift3d.reconstruct import Lift3DSettings, reconstruct_objects
     from .models.sam import load_sam
@@ -236,12 +242,32 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     if s.depth:
         from .depth import check_depth_folder
         check_depth_folder(s.depth)
+    if boxes is None and not s.detect:
+        raise ValueError("--boxes: not given; give one box per object, or name the objects with --phrases and "
+                         "give an OWLv2 folder with --detect DIR to find their boxes")
+    if boxes is None:
+        from .detect import check_detector_folder
+        check_detector_folder(s.detect)
+        object_phrases = parse_phrases(s.phrases, None, what="--phrases")
     image = load_image_hwc(image_path)
     h, w = image.shape[:2]
-    box_t = parse_boxes(boxes, (h, w), what="--boxes")
-    phrases = parse_phrases(s.phrases, box_t.shape[0], what="--phrases")
     timings: dict[str, float] = {}
     models_used: dict[str, dict] = {}
+    if boxes is None:  # 0. Detect: one box per phrase
+        from .detect import detect_phrases, load_detector
+
+        t = time.perf_counter()
+        log(f"Detect: {s.detect}")
+        detector = load_detector(s.detect, device=device).to(device)
+        found = detect_phrases(detector, image.to(device), object_phrases,
+                               DetectSettings(threshold=s.detect_threshold), what="--detect")
+        models_used["detect"] = {"kind": f"{detector.model_type} (open-vocabulary detector)", "file": str(s.detect)}
+        _offload(detector)
+        del detector
+        boxes, s = found.boxes.tolist(), replace(s, phrases=json.dumps(list(found.phrases)))
+        timings["detect"] = time.perf_counter() - t
+    box_t = parse_boxes(boxes, (h, w), what="--boxes")
+    phrases = parse_phrases(s.phrases, box_t.shape[0], what="--phrases")
 
     def bar(label: str, total: int):
         return progress(label, total) if progress is not None else None
@@ -312,7 +338,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
         del dmodel
     poses = init_poses(meshes, layout, camera, disparity, InitSettings(depth_kind="disparity"))
     start = Scene([SceneObject(n, m.to(device), p) for n, m, p in zip(names, meshes, poses)], camera,
-                  meta={"phrases": list(layout.phrases)})
+                  meta=layout_meta(layout))
     timings["init_pose"] = time.perf_counter() - t
 
     # 5. SSDSRefine -----------------------------------------------------------------------------
@@ -350,7 +376,8 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     # 6. Export ---------------------------------------------------------------------------------
     t = time.perf_counter()
     scene = result.scene
-    written = {"glb": write_glb(scene.to("cpu"), out)}
+    run_record = {"command": "run", "image": str(image_path), "settings": dict(s.__dict__)}
+    written = {"glb": write_glb(scene.to("cpu"), out, {"comboverse": run_record})}
     with torch.no_grad():
         size = s.preview_size
         ref_cam = reference_camera(round(h * size / max(h, w)), round(w * size / max(h, w)), s.fov_deg,

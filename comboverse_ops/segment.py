@@ -100,11 +100,15 @@ def source_rgb(image_hwc: torch.Tensor, *, what: str = "image") -> tuple[torch.T
     return rgb.clamp(0, 1).contiguous(), alpha
 
 
-def parse_phrases(text, n: int, *, what: str = "phrases") -> tuple[str, ...]:
+def parse_phrases(text, n: int | None, *, what: str = "phrases") -> tuple[str, ...]:
     """One phrase per object from a JSON list, one per line, or one line split at ";" or ",".
 
-    Empty text gives empty phrases. A count other than ``n`` raises ``ValueError``.
+    Empty text gives empty phrases. A count other than ``n`` raises ``ValueError``. With
+    ``n=None`` (phrases that define the objects, for a detector) any count is taken, and one
+    line is split only at ";".
     """
+    if n is None and (text is None or not str(text).strip()):
+        raise ValueError(f"{what}: no phrases; name each object, e.g. 'a teddy bear; a chair'")
     if text is None:
         return ("",) * n
     if isinstance(text, (list, tuple)):
@@ -120,10 +124,10 @@ def parse_phrases(text, n: int, *, what: str = "phrases") -> tuple[str, ...]:
                 raise ValueError(f"{what}: not valid JSON ({e.msg} at character {e.pos})") from None
         else:
             items = [line.strip() for line in s.splitlines() if line.strip()]
-            if len(items) == 1 and n > 1:
-                sep = ";" if ";" in items[0] else ","
+            if len(items) == 1 and (n is None or n > 1):
+                sep = ";" if (";" in items[0] or n is None) else ","
                 items = [p.strip() for p in items[0].split(sep) if p.strip()]
-    if len(items) != n:
+    if n is not None and len(items) != n:
         raise ValueError(f"{what}: {len(items)} phrases for {n} objects ({items}); give one phrase per object, "
                          "in the order of the boxes, one per line")
     return tuple(items)

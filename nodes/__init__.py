@@ -1,7 +1,9 @@
 """ComfyUI node classes of the pack: thin wrappers that call into comboverse_ops."""
 
+from .boxes import Boxes
 from .combine import InitPose, SSDSRefine
 from .depth import Depth, LoadDepthModel
+from .detect import Detect, LoadDetector
 from .export_mesh import ExportMesh
 from .guidance import LoadGuidanceModel
 from .inpaint import Inpaint, InpaintFinish, InpaintPrepare
@@ -14,7 +16,10 @@ NODE_CLASS_MAPPINGS = {
     "ComboVerseLoadDepthModel": LoadDepthModel,
     "ComboVerseDepth": Depth,
     "ComboVerseLoadSAM": LoadSAM,
+    "ComboVerseBoxes": Boxes,
     "ComboVerseSegment": Segment,
+    "ComboVerseLoadDetector": LoadDetector,
+    "ComboVerseDetect": Detect,
     "ComboVerseLoadInpaintModel": LoadInpaintModel,
     "ComboVerseInpaint": Inpaint,
     "ComboVerseInpaintPrepare": InpaintPrepare,
@@ -34,7 +39,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ComboVerseLoadDepthModel": "ComboVerse Load Depth Model",
     "ComboVerseDepth": "ComboVerse Depth",
     "ComboVerseLoadSAM": "ComboVerse Load SAM",
+    "ComboVerseBoxes": "ComboVerse Boxes",
     "ComboVerseSegment": "ComboVerse Segment",
+    "ComboVerseLoadDetector": "ComboVerse Load Detector",
+    "ComboVerseDetect": "ComboVerse Detect",
     "ComboVerseLoadInpaintModel": "ComboVerse Load Inpaint Model",
     "ComboVerseInpaint": "ComboVerse Inpaint",
     "ComboVerseInpaintPrepare": "ComboVerse Inpaint Prepare",

@@ -13,6 +13,7 @@ from ..comboverse_ops.init_pose import (
     init_poses,
     reference_camera,
 )
+from ..comboverse_ops.layout import layout_meta
 from ..comboverse_ops.refine import (
     PARAMETERIZATIONS,
     LossWeights,
@@ -88,7 +89,7 @@ class InitPose:
         poses = init_poses(list(meshes), layout, camera, depth, InitSettings(depth_kind=depth_kind))
         names = _unique_names(layout, meshes)
         scene = Scene([SceneObject(n, m, p) for n, m, p in zip(names, meshes, poses)], camera,
-                      meta={"phrases": list(layout.phrases)})
+                      meta=layout_meta(layout))
         return (scene, _preview(scene))
 
 

@@ -61,7 +61,7 @@ class LoadDepthModel:
     DESCRIPTION = ("Loads a Depth Anything V2 model (relative, e.g. Depth-Anything-V2-Small-hf) from a folder in "
                    "models/depth_anything, as saved by transformers' save_pretrained, offline. fp16 on the GPU, "
                    "fp32 on the CPU; loaded once and shared. For ComboVerse Depth.")
-    CATEGORY = "ComboVerse/stage1"
+    CATEGORY = "ComboVerse/loaders"
     FUNCTION = "load"
     RETURN_TYPES = (DEPTH_MODEL,)
     RETURN_NAMES = ("depth_model",)

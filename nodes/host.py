@@ -7,6 +7,8 @@ the output folder is ``$COMBOVERSE_OUTPUT_DIR`` (default ``./output``).
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import weakref
@@ -58,6 +60,74 @@ def next_output_path(filename_prefix: str, extension: str) -> tuple[Path, str, s
         counter = max(taken, default=0) + 1
     filename = f"{name}_{counter:05}_.{extension}"
     return full_folder / filename, filename, subfolder
+
+
+def workflow_metadata(prompt=None, extra_pnginfo=None) -> dict:
+    """What an output file records of the run, as core SaveGLB writes it into ``asset.extras``:
+    ``"prompt"`` (the API-format prompt) and each ``extra_pnginfo`` entry (``"workflow"``: the
+    graph), each as JSON text. Empty when ComfyUI runs with ``--disable-metadata``."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        args = None
+    if getattr(args, "disable_metadata", False):
+        return {}
+    metadata = {}
+    if prompt is not None:
+        metadata["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        metadata[key] = json.dumps(value)
+    return metadata
+
+
+def upstream_node(prompt, unique_id, input_name: str) -> str:
+    """Who feeds ``input_name`` of node ``unique_id``, from ComfyUI's hidden ``PROMPT`` and
+    ``UNIQUE_ID`` inputs: ``"SAM3 Detect (node #12)"``; a generic phrase when unknown."""
+    try:
+        source_id = str(prompt[str(unique_id)]["inputs"][input_name][0])
+        source = prompt[source_id]
+        title = (source.get("_meta") or {}).get("title") or source["class_type"]
+        return f"{title} (node #{source_id})"
+    except (KeyError, IndexError, TypeError):
+        return f"the node connected to '{input_name}'"
+
+
+# Colours of objects 0, 1, 2, ... in the box editor (web/comboverse_boxes.js keeps the same list).
+OBJECT_COLOURS = ((0.90, 0.30, 0.24), (0.20, 0.60, 0.86), (0.18, 0.80, 0.44), (0.95, 0.77, 0.06),
+                  (0.61, 0.35, 0.71), (0.90, 0.49, 0.13), (0.10, 0.74, 0.61), (0.93, 0.44, 0.69))
+
+
+def mask_overlay_ui(image_hwc: torch.Tensor, masks: torch.Tensor) -> dict | None:
+    """ComfyUI's UI output showing ``masks`` (``[N, H, W]``, 1 = object) in the editor's colours
+    over the picture (``[H, W, C]`` in [0, 1]): one PNG in ComfyUI's temp folder, as
+    ``{"images": [{"filename", "subfolder", "type": "temp"}]}``. None outside ComfyUI."""
+    if _folder_paths() is None:
+        return None
+    rgb = image_hwc[..., :3].detach().float().cpu().clamp(0, 1)
+    out = rgb * 0.45
+    for i, m in enumerate(masks.detach().float().cpu()):
+        colour = torch.tensor(OBJECT_COLOURS[i % len(OBJECT_COLOURS)])
+        out = torch.where(m[..., None] > 0.5, rgb * 0.35 + colour * 0.65, out)
+    return temp_image_ui(out, "masks")
+
+
+def temp_image_ui(image_hwc: torch.Tensor, stem: str) -> dict | None:
+    """An ``[H, W, 3]`` image in [0, 1] as ComfyUI's UI output (a PNG in its temp folder, shown
+    under the node): ``{"images": [{"filename", "subfolder", "type": "temp"}]}``; None outside ComfyUI."""
+    fp = _folder_paths()
+    if fp is None:
+        return None
+    from PIL import Image
+
+    folder = Path(fp.get_temp_directory()) / "comboverse"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{stem}_{os.getpid()}_{next(_OVERLAYS):05}.png"
+    pixels = (image_hwc[..., :3].detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(folder / name, compress_level=1)
+    return {"images": [{"filename": name, "subfolder": "comboverse", "type": "temp"}]}
+
+
+_OVERLAYS = itertools.count()
 
 
 def make_core_mesh(vertices: torch.Tensor, faces: torch.Tensor, vertex_colors: torch.Tensor | None = None):
@@ -144,6 +214,11 @@ def _folder_paths():
     except ImportError:
         return None
     return folder_paths
+
+
+def in_comfyui() -> bool:
+    """Whether ComfyUI's modules are there (UI outputs such as previews are made only then)."""
+    return _folder_paths() is not None
 
 
 def models_directory() -> Path:
@@ -256,6 +331,36 @@ def clip_tokenizer_dirs() -> list[Path]:
         dirs += [Path(p) / "sd1_tokenizer" for p in spec.submodule_search_locations]
     dirs.append(models_directory() / "clip_tokenizer")
     return dirs
+
+
+def model_folder_choices(kind: str) -> list[str]:
+    """Subfolders (``save_pretrained`` model folders) of ComfyUI's ``models/<kind>``, sorted; the
+    folder kind is registered with ComfyUI first (kept if another pack registered it)."""
+    fp = _folder_paths()
+    if fp is not None:
+        path = os.path.join(fp.models_dir, kind)
+        if kind not in fp.folder_names_and_paths:
+            fp.folder_names_and_paths[kind] = ([path], set())
+        elif path not in fp.folder_names_and_paths[kind][0]:
+            fp.add_model_folder_path(kind, path)
+    names = set()
+    for root in model_folder_paths(kind):
+        if root.is_dir():
+            names |= {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return sorted(names)
+
+
+def resolve_model_folder(kind: str, name: str, node: str, what: str) -> Path:
+    """The folder ``name`` of ``models/<kind>`` (an absolute path is taken as it is). A missing
+    one resolves to where it should be, so the loader's error names that path."""
+    roots = model_folder_paths(kind)
+    if not name:
+        raise FileNotFoundError(f"{node}: no model folder chosen; put {what} into {[str(r) for r in roots]} "
+                                "and refresh")
+    p = Path(name)
+    if p.is_absolute():
+        return p
+    return next((root / name for root in roots if (root / name).exists()), roots[0] / name)
 
 
 def model_devices() -> tuple[torch.device, torch.device]:

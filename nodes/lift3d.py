@@ -123,10 +123,22 @@ def _frame_inputs() -> dict:
     }
 
 
+def _with_frame_preview(new, result):
+    """The node's result plus, inside ComfyUI, a preview of the new objects in the pack's frame
+    (front view and from the front-right above): a wrong front or up axis shows at once."""
+    if not host.in_comfyui():
+        return result
+    from ..comboverse_ops.frame_preview import frame_preview
+
+    return {"ui": host.temp_image_ui(frame_preview(new), "frame"), "result": result}
+
+
 class MeshesFromMESH:
     DESCRIPTION = ("Turns the core MESH of any 3D node (Hunyuan3D, TRELLIS, Load 3D ...) into ComboVerse object "
                    "meshes: each batch entry becomes one object, decimated and moved into the pack's object frame "
-                   "(front +Z, up +Y, unit size). Chain several of these nodes to collect one object each.")
+                   "(front +Z, up +Y, unit size). Chain several of these nodes to collect one object each. Shows each "
+                   "object as InitPose will face it to the camera and from above-right: an object upside down or "
+                   "facing away needs another up_axis / front_axis.")
     CATEGORY = "ComboVerse/lift3d"
     FUNCTION = "convert"
     RETURN_TYPES = (MESHES,)
@@ -150,8 +162,9 @@ class MeshesFromMESH:
     def convert(self, mesh, front_axis, up_axis, max_faces, name, meshes=None):
         from ..comboverse_ops.meshes_in import append_objects, meshes_from_core_mesh
 
-        return (append_objects(meshes, meshes_from_core_mesh(mesh, front=front_axis, up=up_axis, max_faces=max_faces,
-                                                      name=name.strip() or "object")),)
+        new = meshes_from_core_mesh(mesh, front=front_axis, up=up_axis, max_faces=max_faces,
+                                    name=name.strip() or "object")
+        return _with_frame_preview(new, (append_objects(meshes, new),))
 
 
 class MeshesFromFile:
@@ -184,4 +197,4 @@ class MeshesFromFile:
         node = "ComboVerse Meshes From File"
         new = [mesh_from_file(host.resolve_input_file(line, node), front=front_axis, up=up_axis, max_faces=max_faces)
                for line in lines]
-        return (append_objects(meshes, new),)
+        return _with_frame_preview(new, (append_objects(meshes, new),))

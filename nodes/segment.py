@@ -6,6 +6,8 @@ from ..comboverse_ops.crops import BACKGROUNDS
 from . import host
 from .host import LAYOUT, SAM_MODEL
 
+BOX_TYPES = "BOUNDING_BOX,BOUNDING_BOXES"  # core's box types; ComfyUI accepts either on this socket
+
 _RECENTER_INPUTS = {
     "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
                           "tooltip": "Side of each object crop in pixels (TripoSR takes 512)."}),
@@ -61,9 +63,11 @@ class Segment:
             },
             "optional": {
                 "sam": (SAM_MODEL, {"tooltip": "From ComboVerse Load SAM. Not needed when masks are given."}),
-                "boxes": ("BOUNDING_BOX", {"forceInput": True,
-                                           "tooltip": "One box per object from a detector or box editor "
-                                                      "(core BOUNDING_BOX: x, y, width, height in pixels)."}),
+                "boxes": (BOX_TYPES, {"forceInput": True,
+                                      "tooltip": "One box per object from a detector or box editor (core "
+                                                 "BOUNDING_BOX or BOUNDING_BOXES: x, y, width, height in pixels; "
+                                                 "one list per image, of which the first is used). Boxes from "
+                                                 "ComboVerse Detect bring their phrases along."}),
                 "boxes_text": ("STRING", {"multiline": True, "default": "",
                                           "tooltip": "Boxes as JSON when the boxes input is not connected: "
                                                      "[[x0, y0, x1, y1], ...] or [{\"x\":..,\"y\":..,\"width\":..,"
@@ -74,22 +78,31 @@ class Segment:
                                                  "each point is one object."}),
                 "phrases": ("STRING", {"multiline": True, "default": "",
                                        "tooltip": "Optional object names in box order, one per line (\"a teddy "
-                                                  "bear\"); Inpaint adds them to its prompt."}),
+                                                  "bear\"); Inpaint adds them to its prompt. Empty: the boxes' "
+                                                  "own labels (ComboVerse Detect). Core SAM3 detection orders its "
+                                                  "boxes by score, not by object."}),
                 "masks": ("MASK", {"tooltip": "Object masks from any other node instead of SAM, [N,H,W] at the "
                                               "image's size, 1 = object. Core LoadImage's mask is 1 where the "
                                               "picture is transparent: invert it first."}),
             },
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},  # to name the node that found no box
         }
 
     def segment(self, image, negative_points, auto_objects, crop_size, foreground_ratio, background, sam=None,
-                boxes=None, boxes_text="", points="", phrases="", masks=None):
-        from ..comboverse_ops.layout import parse_boxes, parse_points
+                boxes=None, boxes_text="", points="", phrases="", masks=None, prompt=None, unique_id=None):
+        from ..comboverse_ops.layout import parse_box_input, parse_boxes, parse_points
         from ..comboverse_ops.segment import SegmentSettings, segment_image
 
         img = single_image(image, "ComboVerse Segment")
         size = tuple(img.shape[:2])
-        box_value = boxes if boxes is not None else (boxes_text if boxes_text and boxes_text.strip() else None)
-        parsed = parse_boxes(box_value, size, what="Segment boxes") if box_value is not None else None
+        parsed = None
+        if boxes is not None:
+            parsed, labels = parse_box_input(boxes, size, what="Segment boxes",
+                                             source=host.upstream_node(prompt, unique_id, "boxes"))
+            if labels is not None and not (phrases or "").strip():
+                phrases = list(labels)
+        elif boxes_text and boxes_text.strip():
+            parsed = parse_boxes(boxes_text, size, what="Segment boxes")
         point_list = parse_points(points or "", what="Segment points")
         if sam is not None and masks is None:
             host.use_models([sam.modules()])
@@ -100,4 +113,6 @@ class Segment:
                             recenter=recenter_settings(crop_size, foreground_ratio, background))
         out = host.intermediate_device()
         layout = seg.layout
-        return (seg.crops.to(out), seg.crop_masks.to(out), layout, layout.masks.to(out))
+        result = (seg.crops.to(out), seg.crop_masks.to(out), layout, layout.masks.to(out))
+        ui = host.mask_overlay_ui(img, layout.masks)  # the masks over the picture, shown after a run
+        return {"ui": ui, "result": result} if ui is not None else result

@@ -2,6 +2,7 @@ import json
 
 from comboverse_ops.cli import main
 from comboverse_ops.export import load_mesh_file
+from test_export import glb_json
 
 
 def test_demo_writes_a_glb_renders_and_a_report(tmp_path):
@@ -14,3 +15,5 @@ def test_demo_writes_a_glb_renders_and_a_report(tmp_path):
     assert set(report["metrics"]["refined"]) >= {"translation_aligned", "novel_mask_iou_aligned", "rotation_deg"}
     assert report["losses"]["last"]["total"] < report["losses"]["first"]["total"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    settings = glb_json((out / "scene.glb").read_bytes())["asset"]["extras"]["comboverse"]["settings"]
+    assert settings == {"seed": 0, "size": 96, "objects": 2, "steps": 15}  # the GLB says how it was made

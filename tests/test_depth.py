@@ -91,8 +91,10 @@ def test_load_errors(models_dir, tmp_path):
 def test_nodes(pack, models_dir, monkeypatch):
     monkeypatch.setenv("COMBOVERSE_MODELS_DIR", str(models_dir))
     nodes = importlib.import_module(pack.__name__ + ".nodes.depth")
+    assert nodes.LoadDepthModel.CATEGORY == "ComboVerse/loaders"  # with the other loaders
+    assert nodes.Depth.CATEGORY == "ComboVerse/stage1"
     for cls in (nodes.LoadDepthModel, nodes.Depth):
-        assert cls.CATEGORY == "ComboVerse/stage1" and cls.DESCRIPTION
+        assert cls.DESCRIPTION
         for group in cls.INPUT_TYPES().values():
             assert all("tooltip" in opts for _, opts in group.values())
     choices = nodes.LoadDepthModel.INPUT_TYPES()["required"]["model_folder"][0]

@@ -30,7 +30,7 @@ def test_every_node_follows_the_v1_contract(pack):
             for name, spec in inputs.get(section, {}).items():
                 assert spec[1].get("tooltip"), f"{key}.{name} has no tooltip"
         for t in cls.RETURN_TYPES:
-            assert t in {"IMAGE", "MASK", "MESH", "STRING", "INT", "FLOAT"} or t.startswith("COMBOVERSE_"), t
+            assert t in {"IMAGE", "MASK", "MESH", "BOUNDING_BOX", "STRING", "INT", "FLOAT"} or t.startswith("COMBOVERSE_"), t
 
 
 def test_procedural_scene_then_export_writes_a_glb_the_3d_viewer_can_show(pack, output_dir):

@@ -183,8 +183,11 @@ def test_wrong_kinds_of_checkpoint_are_refused_with_what_they_are(tmp_path, keys
         load_sd_model(path, expect="inpainting", cache=None)
 
 
-def test_missing_files_config_mismatches_and_missing_tokenizers_are_clear(tmp_path, tiny_sd):
+def test_missing_files_config_mismatches_and_missing_tokenizers_are_clear(tmp_path, tiny_sd, monkeypatch):
+    from comboverse_ops.models import clip_vocab
     from comboverse_ops.models.sd import load_sd_model
+
+    monkeypatch.setattr(clip_vocab, "packaged_bpe_file", lambda: None)  # as without open_clip_torch
 
     with pytest.raises(FileNotFoundError, match="models/checkpoints"):
         load_sd_model(tmp_path / "nothing.safetensors", expect="inpainting", cache=None)
@@ -196,7 +199,7 @@ def test_missing_files_config_mismatches_and_missing_tokenizers_are_clear(tmp_pa
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     shutil.copy(path, lonely / path.name)
-    with pytest.raises(FileNotFoundError, match="vocab.json and merges.txt"):
+    with pytest.raises(FileNotFoundError, match="pip install open_clip_torch.*vocab.json and merges.txt"):
         load_sd_model(lonely / path.name, config_dir=cfg, cache=None)
     # ... and with one in a folder the host names (ComfyUI's comfy/sd1_tokenizer), it loads.
     model = load_sd_model(lonely / path.name, config_dir=cfg, tokenizer_dirs=[tok], cache=None)

@@ -161,7 +161,8 @@ def definitions(pack):
 
 
 def _types_match(a: str, b: str) -> bool:
-    return a == b or "*" in (a, b)
+    """ComfyUI's rule: equal, a wildcard, or comma-separated unions that share a type."""
+    return a == b or "*" in (a, b) or bool(set(a.split(",")) & set(b.split(",")))
 
 
 def _check_widget_value(where: str, inp: dict, value):

@@ -343,6 +343,32 @@ def save_tiny_depth_anything(folder, preprocessor=True, kind="relative"):
     return folder
 
 
+def save_tiny_owlv2(folder: Path, seed: int = 0) -> Path:
+    """A tiny OWLv2 detector with its processor (image processor + CLIP tokenizer), saved with
+    save_pretrained as the real owlv2-base-patch16-ensemble folder is; random weights."""
+    from transformers import CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    folder = Path(folder)
+    vocab = write_tiny_tokenizer(folder)
+    torch.manual_seed(seed)
+    text = dict(vocab_size=vocab, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=16, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=0)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2, image_size=64,
+                  patch_size=16)
+    model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)).eval()
+    # Random box-head outputs swamp the per-patch box prior (a patch-sized box at the patch);
+    # shrinking them keeps boxes near their patches, as a trained model's are. A smaller class
+    # head keeps scores off 0 and 1, so thresholds mean something.
+    with torch.no_grad():
+        for p in [*model.box_head.parameters(), *model.class_head.parameters()]:
+            p.mul_(0.01)
+    model.save_pretrained(folder)
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="!")
+    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}),
+                   tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
 # ----------------------------------------------------------------------------------------------
 # TripoSR and a picture that needs inpainting
 

@@ -396,16 +396,22 @@ def find_clip_tokenizer(candidates) -> Path | None:
 
 
 def load_clip_tokenizer(candidates, family: str, max_length: int = 77, *, what: str = "tokenizer"):
-    """A ``transformers.CLIPTokenizer`` from the first usable folder in ``candidates``.
+    """A ``transformers.CLIPTokenizer`` from the first usable folder in ``candidates``, else from
+    the vocabulary of an installed ``open_clip_torch`` (:mod:`.clip_vocab`).
 
     SD2's OpenCLIP text tower was trained with "!" (id 0) as padding, SD1's with the end token;
     the tokenizer pads accordingly whatever its folder says.
     """
     folder = find_clip_tokenizer(candidates)
+    if folder is None:  # last: the vocabulary open_clip_torch ships (the same tokens, clip_vocab.py)
+        from .clip_vocab import packaged_clip_tokenizer_dir
+
+        folder = packaged_clip_tokenizer_dir()
     if folder is None:
         looked = [str(c) for c in candidates if c is not None]
         raise FileNotFoundError(
-            f"{what}: no CLIP tokenizer found (looked in {looked}). The pack cannot download it: put vocab.json and "
+            f"{what}: no CLIP tokenizer found (looked in {looked}). The pack cannot download it: install the CLIP "
+            "vocabulary with `pip install open_clip_torch` (the extra comboverse[clip-vocab]), or put vocab.json and "
             "merges.txt (or tokenizer.json) of openai/clip-vit-large-patch14 into a folder named 'tokenizer' next to "
             "the checkpoint (or into the diffusers folder's tokenizer/). Inside ComfyUI the tokenizer that ships with "
             "ComfyUI (comfy/sd1_tokenizer) is used automatically")
