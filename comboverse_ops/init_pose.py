@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .camera import Cameras, project_points, unproject_pixel
+from .determinism import ordered_mean
 from .layout import Layout
 from .mesh import Mesh
 from .pose import Pose
@@ -92,7 +93,7 @@ def _object_depths(layout: Layout, depth: torch.Tensor | None, settings: InitSet
         if not m.any():
             raise ValueError(f"init poses: object {i} ({layout.phrases[i] or 'no phrase'}) has an empty mask; "
                              "re-run Segment with a better box")
-        means.append(depth.to(m.device)[m].mean())
+        means.append(ordered_mean(depth.to(m.device)[m]))  # bits independent of threads
     means = torch.stack(means).cpu().float()
     if settings.depth_kind == "disparity":
         if (means <= 0).any():
