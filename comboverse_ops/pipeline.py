@@ -33,7 +33,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["PipelineSettings", "run_pipeline", "find_models", "load_image_hwc"]
+__all__ = ["PipelineSettings", "PipelineInputs", "check_inputs", "run_pipeline", "find_models", "load_image_hwc"]
+
+from .images import load_image_hwc  # re-exported: the CLI's picture loader
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 
@@ -147,20 +149,6 @@ def find_models(settings: PipelineSettings) -> dict[str, Path | None]:
     return found
 
 
-def load_image_hwc(path: str | os.PathLike) -> torch.Tensor:
-    """An image file as ``[H, W, C]`` float32 in [0, 1] (C = 3, or 4 when it has transparency)."""
-    from PIL import Image, ImageOps
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image: no file at {p}")
-    img = ImageOps.exif_transpose(Image.open(p))
-    img = img.convert("RGBA" if ("A" in img.getbands() or "transparency" in img.info) else "RGB")
-    import numpy as np
-
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).contiguous()
-
-
 def _offload(*handles) -> None:
     """Move stage models off the GPU (holders with ``.to``, and bare modules in the shared cache)."""
     from .models.cache import MODEL_CACHE
@@ -190,6 +178,74 @@ def _novel_cameras(scene, size: int, offsets=(-45.0, 45.0)):
                          device=scene.camera.device)
 
 
+@dataclass(frozen=True)
+class PipelineInputs:
+    """What :func:`check_inputs` found: the output path, every stage's model file, the picture
+    (``[H, W, C]`` float32 in [0, 1]), the boxes (``[N, 4]`` float32 pixels) and the phrases."""
+
+    out: Path
+    files: dict
+    image: torch.Tensor
+    boxes: torch.Tensor
+    phrases: tuple
+
+
+def pipeline_device(settings: PipelineSettings) -> torch.device:
+    """The torch device of ``settings.device`` (default cuda if available, else cpu); a name torch
+    does not know, or a device this machine lacks, raises ``ValueError`` naming ``--device``."""
+    name = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: expected cpu, cuda, cuda:N or mps, got {name!r}") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device: {name!r} asked for, but this torch sees {torch.cuda.device_count()} CUDA "
+                         "device(s); use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device: {name!r} asked for, but MPS is not available here; use --device cpu")
+    return device
+
+
+def check_inputs(image_path: str | os.PathLike, boxes, out_path: str | os.PathLike,
+                 settings: PipelineSettings = PipelineSettings()) -> PipelineInputs:
+    """Open or check every input of :func:`run_pipeline` before any model runs: the output path,
+    every model file's header, config and tokenizer, the picture, boxes and phrases.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the flag or file, the expected and the
+    actual value; a damaged checkpoint is found in milliseconds, not after earlier stages ran.
+    """
+    from .files import check_output_file, check_weights_file
+    from .layout import parse_boxes
+    from .lift3d.checkpoint import check_triposr_files
+    from .models.sd import check_sd_source
+    from .segment import parse_phrases
+
+    s = settings
+    pipeline_device(s)
+    out = Path(out_path)
+    if out.suffix.lower() != ".glb":
+        raise ValueError(f"--out: expected a .glb file name, got {out}")
+    check_output_file(out, "--out")
+    files = find_models(s)
+    check_weights_file(files["sam"], "Segment (SAM)", "Give an official SAM checkpoint with --sam FILE or put one "
+                                                      f"in {models_root(s) / 'sams'}.")
+    tokenizers = _tokenizer_dirs(models_root(s))
+    if files["inpaint"] is not None:
+        check_sd_source(files["inpaint"], expect="inpainting", config_dir=s.inpaint_config, tokenizer_dirs=tokenizers,
+                        what="Inpaint (SD inpainting)")
+    check_triposr_files(files["lift3d"])
+    if files["guidance"] is not None and s.prompt.strip():
+        check_sd_source(files["guidance"], expect="text2img", config_dir=s.guidance_config, tokenizer_dirs=tokenizers,
+                        what="SSDS guidance")
+    if s.depth:
+        from .depth import check_depth_folder
+        check_depth_folder(s.depth)
+    image = load_image_hwc(image_path)
+    box_t = parse_boxes(boxes, tuple(image.shape[:2]), what="--boxes")
+    phrases = parse_phrases(s.phrases, box_t.shape[0], what="--phrases")
+    return PipelineInputs(out, files, image, box_t, phrases)
+
+
 def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLike,
                  settings: PipelineSettings = PipelineSettings(),
                  progress: Callable[[str, int], Callable] | None = None, log=print) -> dict:
@@ -211,7 +267,6 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     from .export import write_glb
     from .init_pose import InitSettings, init_poses, reference_camera
     from .inpaint import InpaintSettings, inpaint_objects
-    from .layout import parse_boxes
     from .lift3d.checkpoint import load_triposr
     from .lift3d.reconstruct import Lift3DSettings, reconstruct_objects
     from .models.sam import load_sam
@@ -219,27 +274,18 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     from .refine import LossWeights, RefineSettings, RefineTargets, refine_poses
     from .render import render_scene
     from .scene import Scene, SceneObject
-    from .segment import parse_phrases, segment_image, source_rgb
+    from .segment import segment_image, source_rgb
 
     s = settings
-    device = torch.device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    out = Path(out_path)
-    if out.suffix.lower() != ".glb":
-        raise ValueError(f"--out: expected a .glb file name, got {out}")
+    inputs = check_inputs(image_path, boxes, out_path, s)
+    device = pipeline_device(s)
+    out, files, image, box_t, phrases = inputs.out, inputs.files, inputs.image, inputs.boxes, inputs.phrases
     stem = out.with_suffix("")
     root = models_root(s)
+    h, w = image.shape[:2]
     lift_settings = Lift3DSettings(resolution=s.mc_resolution, density_threshold=s.density_threshold,
                                    max_faces=s.max_faces).validate()
     inpaint_settings = InpaintSettings(steps=s.inpaint_steps, resolution=s.inpaint_resolution, seed=s.seed)
-    # Check every model file before any work, so a missing one fails in seconds, not after SAM ran.
-    files = find_models(s)
-    if s.depth:
-        from .depth import check_depth_folder
-        check_depth_folder(s.depth)
-    image = load_image_hwc(image_path)
-    h, w = image.shape[:2]
-    box_t = parse_boxes(boxes, (h, w), what="--boxes")
-    phrases = parse_phrases(s.phrases, box_t.shape[0], what="--phrases")
     timings: dict[str, float] = {}
     models_used: dict[str, dict] = {}
 
