@@ -196,7 +196,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: X)`` after every flag that has a value by default."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 

@@ -46,9 +46,10 @@ def _check_safetensors(path: Path, size: int, what: str, fix: str) -> None:
                              f"8-byte header length; the file is damaged or truncated.{fix}")
         (n,) = struct.unpack("<Q", head)
         if n > min(_MAX_HEADER, size - 8):
+            seen = _found_instead(head)
+            seen = "" if seen.startswith("unknown") else f"; it is {seen}"
             raise ValueError(f"{what}: {path} is not a valid safetensors file: its header claims {n} bytes but the "
-                             f"file holds {size} bytes ({_found_instead(head)}); the file is damaged or truncated."
-                             f"{fix}")
+                             f"file holds {size} bytes{seen}; the file is damaged or truncated.{fix}")
         raw = f.read(n)
     try:
         header = json.loads(raw)

@@ -122,6 +122,12 @@ def init_poses(meshes: list[Mesh], layout: Layout, camera: Cameras, depth: torch
                          "(Lift3D makes one per Segment crop)")
     if len(camera) != 1:
         raise ValueError(f"init poses: expected one reference camera, got {len(camera)}")
+    for i, mesh in enumerate(meshes):
+        try:
+            mesh.validate()
+        except ValueError as e:  # an empty mesh would fail deep inside as an IndexError
+            raise ValueError(f"init poses: object {i} ({layout.phrases[i] or 'no phrase'}): {e}; check the node "
+                             "that made it (Lift3D, Meshes From File / MESH)") from None
     if (camera.height, camera.width) != tuple(layout.image_size):
         raise ValueError(f"init poses: the camera images {camera.width}x{camera.height} but the layout's image is "
                          f"{layout.image_size[1]}x{layout.image_size[0]}")
