@@ -103,7 +103,7 @@ def check_weights_file(path: str | os.PathLike, what: str, fix: str = "") -> Pat
         ValueError: a folder, an empty file, or not a valid checkpoint (says what was found).
     """
     path = Path(path)
-    fix = f" {fix}" if fix else ""
+    fix = f" {fix[0].upper()}{fix[1:]}" if fix else ""
     if not path.exists():
         raise FileNotFoundError(f"{what}: no file at {path}.{fix}")
     if path.is_dir():
