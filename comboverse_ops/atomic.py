@@ -65,7 +65,7 @@ def write_files_atomic(files: dict[str | os.PathLike, bytes]) -> list[Path]:
     (e.g. the report) that is removed first and renamed last.
 
     On any error (or a cancel) before the renames begin, every temporary is removed and the old
-    files are left untouched. Stale temporaries of these files are removed first. Parent folders
+    files are left untouched; one during the renames removes the temporaries not yet renamed. Stale temporaries of these files are removed first. Parent folders
     are created. Returns the paths in the order given.
     """
     items = [(Path(p), data) for p, data in files.items()]
@@ -82,8 +82,15 @@ def write_files_atomic(files: dict[str | os.PathLike, bytes]) -> list[Path]:
     marker = items[-1][0]
     if len(items) > 1:
         marker.unlink(missing_ok=True)  # a killed commit must not leave new files beside an old marker
-    for (path, _), tmp in zip(items, temporaries):
-        os.replace(tmp, path)
+    renamed = 0
+    try:
+        for (path, _), tmp in zip(items, temporaries):
+            os.replace(tmp, path)
+            renamed += 1
+    except BaseException:  # a rename failed (or a cancel): no temporary stays behind
+        for t in temporaries[renamed:]:
+            t.unlink(missing_ok=True)
+        raise
     return [p for p, _ in items]
 
 
