@@ -302,3 +302,32 @@ def test_bad_obj_and_truncated_glb_name_the_file(tmp_path):
     cut.write_bytes(glb.read_bytes()[: glb.stat().st_size // 2])
     with pytest.raises(ValueError, match=r"cut\.glb'?: cannot be read \(.*damaged, truncated or not a mesh"):
         mesh_from_file(cut)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loader nodes: ComfyUI validates every node before it runs any
+
+
+def test_loader_nodes_refuse_damaged_files_when_comfyui_validates_the_prompt(tmp_path, monkeypatch, pack):
+    models = tmp_path / "models"
+    monkeypatch.setenv("COMBOVERSE_MODELS_DIR", str(models))
+    save_tiny_sam(models / "sams" / "sam_vit_b_01ec64.pth")
+    (models / "sams" / "broken.pth").write_bytes(b"\x00" * 64)
+    ckpt = save_tiny_triposr(models / "triposr")
+    load_sam = node_class(pack, "loaders", "LoadSAM")
+    assert load_sam.VALIDATE_INPUTS(sam_name="sam_vit_b_01ec64.pth") is True
+    msg = load_sam.VALIDATE_INPUTS(sam_name="broken.pth")
+    assert msg.startswith("ComboVerse Load SAM: ") and "broken.pth is not a valid checkpoint" in msg
+    load_lift = node_class(pack, "lift3d", "LoadLift3DModel")
+    assert load_lift.VALIDATE_INPUTS(ckpt_name="model.ckpt") is True
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    assert "model.ckpt is not a valid checkpoint" in load_lift.VALIDATE_INPUTS(ckpt_name="model.ckpt")
+    sd, _, tok, _ = save_tiny_sd(models / "checkpoints", "sd2", inpainting=True)
+    shutil.rmtree(tok)
+    msg = node_class(pack, "loaders", "LoadInpaintModel").VALIDATE_INPUTS(ckpt_name=sd.name)
+    assert msg.startswith("ComboVerse Load Inpaint Model: no CLIP tokenizer found")
+    depth = models / "depth_anything" / "tiny"
+    save_tiny_depth_anything(depth)
+    (depth / "model.safetensors").write_bytes(b"")
+    msg = node_class(pack, "depth", "LoadDepthModel").VALIDATE_INPUTS(model_folder="tiny")
+    assert msg.startswith("ComboVerse Load Depth Model: ") and "model.safetensors is empty (0 bytes)" in msg
