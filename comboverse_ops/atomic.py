@@ -65,8 +65,9 @@ def write_files_atomic(files: dict[str | os.PathLike, bytes]) -> list[Path]:
     (e.g. the report) that is removed first and renamed last.
 
     On any error (or a cancel) before the renames begin, every temporary is removed and the old
-    files are left untouched; one during the renames removes the temporaries not yet renamed. Stale temporaries of these files are removed first. Parent folders
-    are created. Returns the paths in the order given.
+    files are left untouched; one during the renames removes the temporaries not yet renamed.
+    Stale temporaries of these files are removed first. Parent folders are created. Returns the
+    paths in the order given.
     """
     items = [(Path(p), data) for p, data in files.items()]
     for path, _ in items:
