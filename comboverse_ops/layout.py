@@ -9,6 +9,7 @@ column ``u`` spans ``[u, u + 1)``, so a box around pixels ``u0..u1`` inclusive i
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -59,9 +60,26 @@ def layout_meta(layout: Layout) -> dict:
             "image_size": [int(layout.image_size[0]), int(layout.image_size[1])]}
 
 
+def _numbers(values: list, i: int, what: str, keys=("x0", "y0", "x1", "y1"), shown=None) -> list[float]:
+    """Box ``i``'s coordinates as floats; a value that is not a number names the box and the key."""
+    out = []
+    for k, v in zip(keys, values):
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: box {i} {values if shown is None else shown!r}: {k} must be a number, "
+                             f"got {v!r}") from None
+    return out
+
+
 def _check_boxes(boxes: torch.Tensor, image_size: tuple[int, int], what: str) -> torch.Tensor:
     h, w = image_size
     for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        if not all(map(math.isfinite, (x0, y0, x1, y1))):
+            raise ValueError(f"{what}: box {i} {[x0, y0, x1, y1]} has a NaN or infinite coordinate; expected four "
+                             "finite pixel coordinates [x0, y0, x1, y1]")
         if not (x1 > x0 and y1 > y0):
             raise ValueError(f"{what}: box {i} {[x0, y0, x1, y1]} has zero or negative area "
                              "(expected x1 > x0 and y1 > y0)")
@@ -101,13 +119,14 @@ def parse_boxes(value, image_size: tuple[int, int], *, what: str = "boxes") -> t
         rows = []
         for i, b in enumerate(value or []):
             if isinstance(b, dict):
-                try:
-                    x, y, bw, bh = (float(b[k]) for k in ("x", "y", "width", "height"))
-                except KeyError as e:
-                    raise ValueError(f"{what}: box {i} lacks key {e.args[0]!r}; expected x, y, width, height") from None
+                keys = ("x", "y", "width", "height")
+                missing = [k for k in keys if k not in b]
+                if missing:
+                    raise ValueError(f"{what}: box {i} lacks key {missing[0]!r}; expected x, y, width, height")
+                x, y, bw, bh = _numbers([b[k] for k in keys], i, what, keys, shown=b)
                 rows.append([x, y, x + bw, y + bh])
             elif isinstance(b, (list, tuple)) and len(b) == 4:
-                rows.append([float(v) for v in b])
+                rows.append(_numbers(list(b), i, what))
             else:
                 raise ValueError(f"{what}: box {i} must be [x0, y0, x1, y1] or a dict with x, y, width, height; "
                                  f"got {b!r}")

@@ -36,8 +36,9 @@ from pathlib import Path
 import torch
 
 from .detect import DetectSettings
+from .images import load_image_hwc  # re-exported: the CLI's picture loader
 
-__all__ = ["PipelineSettings", "run_pipeline", "find_models", "load_image_hwc"]
+__all__ = ["PipelineSettings", "PipelineInputs", "check_inputs", "run_pipeline", "find_models", "load_image_hwc"]
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 
@@ -153,20 +154,6 @@ def find_models(settings: PipelineSettings) -> dict[str, Path | None]:
     return found
 
 
-def load_image_hwc(path: str | os.PathLike) -> torch.Tensor:
-    """An image file as ``[H, W, C]`` float32 in [0, 1] (C = 3, or 4 when it has transparency)."""
-    from PIL import Image, ImageOps
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"image: no file at {p}")
-    img = ImageOps.exif_transpose(Image.open(p))
-    img = img.convert("RGBA" if ("A" in img.getbands() or "transparency" in img.info) else "RGB")
-    import numpy as np
-
-    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).contiguous()
-
-
 def _offload(*handles) -> None:
     """Move stage models off the GPU (holders with ``.to``, and bare modules in the shared cache)."""
     from .models.cache import MODEL_CACHE
@@ -196,6 +183,123 @@ def _novel_cameras(scene, size: int, offsets=(-45.0, 45.0)):
                          device=scene.camera.device)
 
 
+@dataclass(frozen=True)
+class PipelineInputs:
+    """What :func:`check_inputs` found: the output path, every stage's model file, the picture
+    (``[H, W, C]`` float32 in [0, 1]), the boxes (``[N, 4]`` float32 pixels) and the phrases."""
+
+    out: Path
+    files: dict
+    image: torch.Tensor
+    boxes: torch.Tensor | None  # None: Detect finds them from the phrases
+    phrases: tuple
+    inpaint: object  # InpaintSettings
+    lift: object  # Lift3DSettings
+    refine: object  # RefineSettings (guidance weight as given; 0 when SSDS is off)
+    ssds: object  # SSDSSettings
+
+
+def output_paths(out: Path, previews: int = 2) -> dict[str, Path]:
+    """What a run writes for ``--out scene.glb``, in commit order (the report last)."""
+    stem = out.with_suffix("")
+    paths = {"glb": out, "preview_reference": Path(f"{stem}_reference.png")}
+    paths.update({f"preview_novel_{k}": Path(f"{stem}_novel_{k}.png") for k in range(1, previews + 1)})
+    paths["report"] = Path(f"{stem}_report.json")
+    return paths
+
+
+def pipeline_device(settings: PipelineSettings) -> torch.device:
+    """The torch device of ``settings.device`` (default cuda if available, else cpu); a name torch
+    does not know, or a device this machine lacks, raises ``ValueError`` naming ``--device``."""
+    name = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: expected cpu, cuda, cuda:N or mps, got {name!r}") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device: {name!r} asked for, but this torch sees {torch.cuda.device_count()} CUDA "
+                         "device(s); use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device: {name!r} asked for, but MPS is not available here; use --device cpu")
+    return device
+
+
+def check_inputs(image_path: str | os.PathLike, boxes, out_path: str | os.PathLike,
+                 settings: PipelineSettings = PipelineSettings()) -> PipelineInputs:
+    """Open or check every input of :func:`run_pipeline` before any model runs: the output path,
+    every model file's header, config and tokenizer, the picture, boxes and phrases.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the flag or file, the expected and the
+    actual value; a damaged checkpoint is found in milliseconds, not after earlier stages ran.
+    """
+    from .files import check_output_file, check_weights_file
+    from .layout import parse_boxes
+    from .segment import parse_phrases
+    from .lift3d.checkpoint import check_triposr_files
+    from .models.sd import check_sd_source
+
+    s = settings
+    pipeline_device(s)
+    image = load_image_hwc(image_path)
+    if boxes is None:  # the boxes come from Detect: one per phrase
+        if not s.detect:
+            raise ValueError("--boxes: not given; give one box per object, or name the objects with --phrases and "
+                             "give an OWLv2 folder with --detect DIR to find their boxes")
+        from .detect import check_detector_folder
+
+        check_detector_folder(s.detect)
+        box_t, phrases = None, parse_phrases(s.phrases, None, what="--phrases")
+    else:
+        box_t = parse_boxes(boxes, tuple(image.shape[:2]), what="--boxes")
+        phrases = parse_phrases(s.phrases, box_t.shape[0], what="--phrases")
+    out = Path(out_path)
+    if out.suffix.lower() != ".glb":
+        raise ValueError(f"--out: expected a .glb file name, got {out}")
+    check_output_file(out, "--out")
+    stage_settings = _stage_settings(s)
+    files = find_models(s)
+    check_weights_file(files["sam"], "Segment (SAM)", "Give an official SAM checkpoint with --sam FILE or put one "
+                                                      f"in {models_root(s) / 'sams'}.")
+    tokenizers = _tokenizer_dirs(models_root(s))
+    if files["inpaint"] is not None:
+        check_sd_source(files["inpaint"], expect="inpainting", config_dir=s.inpaint_config, tokenizer_dirs=tokenizers,
+                        what="Inpaint (SD inpainting)")
+    check_triposr_files(files["lift3d"])
+    if files["guidance"] is not None and s.prompt.strip():
+        check_sd_source(files["guidance"], expect="text2img", config_dir=s.guidance_config, tokenizer_dirs=tokenizers,
+                        what="SSDS guidance")
+    if s.depth:
+        from .depth import check_depth_folder
+        check_depth_folder(s.depth)
+    return PipelineInputs(out, files, image, box_t, phrases, *stage_settings)
+
+
+def _stage_settings(s: PipelineSettings):
+    """Every stage's settings from the CLI's values; an invalid one names its stage's flags."""
+    from .inpaint import InpaintSettings
+    from .lift3d.reconstruct import Lift3DSettings
+    from .refine import LossWeights, RefineSettings
+    from .ssds import SSDSSettings
+
+    def make(flags: str, build):
+        try:
+            return build()
+        except ValueError as e:
+            raise ValueError(f"{flags}: {e}") from None
+
+    inpaint = make("--inpaint-steps / --inpaint-resolution", lambda: InpaintSettings(
+        steps=s.inpaint_steps, resolution=s.inpaint_resolution, seed=s.seed))
+    lift = make("--mc-resolution / --density-threshold / --max-faces", lambda: Lift3DSettings(
+        resolution=s.mc_resolution, density_threshold=s.density_threshold, max_faces=s.max_faces).validate())
+    refine = make("--steps / --refine-resolution / --ssds-weight", lambda: RefineSettings(
+        steps=s.refine_steps, resolution=s.refine_resolution, weights=replace(LossWeights(), guidance=s.ssds_weight)))
+    ssds = make("--prompt / --ssds-views / --ssds-resolution", lambda: SSDSSettings(
+        prompt=s.prompt, views=s.ssds_views, render_resolution=s.ssds_resolution, seed=s.seed))
+    if s.preview_size < 16:
+        raise ValueError(f"--preview-size: expected at least 16 pixels, got {s.preview_size}")
+    return inpaint, lift, refine, ssds
+
+
 def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLike,
                  settings: PipelineSettings = PipelineSettings(),
                  progress: Callable[[str, int], Callable] | None = None, log=print) -> dict:
@@ -212,45 +316,30 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     Returns:
         The report (also written as JSON).
     """
-    from .atomic import save_png_atomic, write_bytes_atomic
+    from .atomic import png_bytes, remove_stale_temporaries, write_files_atomic
     from .crops import RecenterSettings
-    from .export import write_glb
+    from .export import scene_to_glb_bytes
     from .init_pose import InitSettings, init_poses, reference_camera
-    from .inpaint import InpaintSettings, inpaint_objects
+    from .inpaint import inpaint_objects
     from .layout import layout_meta, parse_boxes
     from .lift3d.checkpoint import load_triposr
-    from .lift3d.reconstruct import Lift3DSettings, reconstruct_objects
+    from .lift3d.reconstruct import reconstruct_objects
     from .models.sam import load_sam
     from .models.sd import load_sd_model
-    from .refine import LossWeights, RefineSettings, RefineTargets, refine_poses
+    from .refine import RefineTargets, refine_poses
     from .render import render_scene
     from .scene import Scene, SceneObject
-    from .segment import parse_phrases, segment_image, source_rgb
+    from .segment import segment_image, source_rgb
 
     s = settings
-    device = torch.device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    out = Path(out_path)
-    if out.suffix.lower() != ".glb":
-        raise ValueError(f"--out: expected a .glb file name, got {out}")
-    stem = out.with_suffix("")
+    inputs = check_inputs(image_path, boxes, out_path, s)
+    device = pipeline_device(s)
+    out, files, image, box_t, phrases = inputs.out, inputs.files, inputs.image, inputs.boxes, inputs.phrases
+    for p in output_paths(out).values():
+        remove_stale_temporaries(p)  # left by a run that was killed while writing
     root = models_root(s)
-    lift_settings = Lift3DSettings(resolution=s.mc_resolution, density_threshold=s.density_threshold,
-                                   max_faces=s.max_faces).validate()
-    inpaint_settings = InpaintSettings(steps=s.inpaint_steps, resolution=s.inpaint_resolution, seed=s.seed)
-    # Check every model file before any work, so a missing one fails in seconds, not after SAM ran.
-    files = find_models(s)
-    if s.depth:
-        from .depth import check_depth_folder
-        check_depth_folder(s.depth)
-    if boxes is None and not s.detect:
-        raise ValueError("--boxes: not given; give one box per object, or name the objects with --phrases and "
-                         "give an OWLv2 folder with --detect DIR to find their boxes")
-    if boxes is None:
-        from .detect import check_detector_folder
-        check_detector_folder(s.detect)
-        object_phrases = parse_phrases(s.phrases, None, what="--phrases")
-    image = load_image_hwc(image_path)
     h, w = image.shape[:2]
+    lift_settings, inpaint_settings = inputs.lift, inputs.inpaint
     timings: dict[str, float] = {}
     models_used: dict[str, dict] = {}
     if boxes is None:  # 0. Detect: one box per phrase
@@ -259,7 +348,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
         t = time.perf_counter()
         log(f"Detect: {s.detect}")
         detector = load_detector(s.detect, device=device).to(device)
-        found = detect_phrases(detector, image.to(device), object_phrases,
+        found = detect_phrases(detector, image.to(device), phrases,
                                DetectSettings(threshold=s.detect_threshold), what="--detect")
         models_used["detect"] = {"kind": f"{detector.model_type} (open-vocabulary detector)", "file": str(s.detect)}
         _offload(detector)
@@ -348,18 +437,16 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     if files["guidance"] is not None and not s.prompt.strip():
         log("SSDSRefine: --guidance given without --prompt; score distillation needs a prompt, so it is off")
     if use_ssds:
-        from .ssds import SSDSGuidance, SSDSSettings
+        from .ssds import SSDSGuidance
 
         log(f"SSDSRefine: guidance {files['guidance']}")
         gmodel = load_sd_model(files["guidance"], expect="text2img", device=device, config_dir=s.guidance_config,
                                tokenizer_dirs=_tokenizer_dirs(root), what="SSDS guidance").to(device)
         models_used["guidance"] = {"kind": gmodel.info.describe(), "file": str(files["guidance"])}
-        guidance = SSDSGuidance(gmodel, SSDSSettings(prompt=s.prompt, views=s.ssds_views,
-                                                     render_resolution=s.ssds_resolution, seed=s.seed))
+        guidance = SSDSGuidance(gmodel, inputs.ssds)
     else:
         models_used["guidance"] = {"kind": "none (reference view + physics only)", "file": None}
-    rs = RefineSettings(steps=s.refine_steps, resolution=s.refine_resolution,
-                        weights=replace(LossWeights(), guidance=s.ssds_weight if use_ssds else 0.0))
+    rs = replace(inputs.refine, weights=replace(inputs.refine.weights, guidance=s.ssds_weight if use_ssds else 0.0))
     rgb, _ = source_rgb(image)
     cb = bar("refine", max(1, rs.steps))
     result = refine_poses(start, RefineTargets.from_masks(rgb, layout.masks.float()), rs, callback=cb,
@@ -376,17 +463,18 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     # 6. Export ---------------------------------------------------------------------------------
     t = time.perf_counter()
     scene = result.scene
+    paths = output_paths(out)
     run_record = {"command": "run", "image": str(image_path), "settings": dict(s.__dict__)}
-    written = {"glb": write_glb(scene.to("cpu"), out, {"comboverse": run_record})}
+    # written below, all files in one commit
+    contents = {"glb": scene_to_glb_bytes(scene.to("cpu"), {"comboverse": run_record})}
     with torch.no_grad():
         size = s.preview_size
         ref_cam = reference_camera(round(h * size / max(h, w)), round(w * size / max(h, w)), s.fov_deg,
                                    s.elevation_deg, device=scene.camera.device)
-        written["preview_reference"] = save_png_atomic(Path(f"{stem}_reference.png"),
-                                                       render_scene(scene, ref_cam).rgb[0])
+        contents["preview_reference"] = png_bytes(render_scene(scene, ref_cam).rgb[0])
         novel = render_scene(scene, _novel_cameras(scene, size)).rgb
         for k in range(novel.shape[0]):
-            written[f"preview_novel_{k + 1}"] = save_png_atomic(Path(f"{stem}_novel_{k + 1}.png"), novel[k])
+            contents[f"preview_novel_{k + 1}"] = png_bytes(novel[k])
     timings["export"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
 
@@ -411,11 +499,10 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
         "models": models_used,
         "settings": {k: v for k, v in s.__dict__.items()},
         "seconds": {k: round(v, 3) for k, v in timings.items()},
-        "files": {k: str(v) for k, v in written.items()},
+        "files": {k: str(v) for k, v in paths.items()},
     }
-    report_path = Path(f"{stem}_report.json")
-    report["files"]["report"] = str(report_path)
-    write_bytes_atomic(report_path, json.dumps(report, indent=2).encode())
+    contents["report"] = json.dumps(report, indent=2).encode()
+    write_files_atomic({paths[k]: contents[k] for k in paths})  # the report last: it marks a complete run
     for k, v in report["files"].items():
         log(f"wrote {k:<18} {v}")
     log("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .camera import Cameras
+from .determinism import ordered_mean
 from .mesh import Mesh
 from .physics import penetration_loss, support_loss
 from .pose import Pose
@@ -234,9 +235,9 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
             out = render_scene(posed, cam, backend=settings.backend, per_object=dist is not None, check=False)
             terms: dict[str, torch.Tensor] = {}
             if "ref_rgb" in weights:
-                terms["ref_rgb"] = (out.rgb[0] - ref_rgb).abs().mean()
+                terms["ref_rgb"] = ordered_mean((out.rgb[0] - ref_rgb).abs())
             if "ref_alpha" in weights:
-                terms["ref_alpha"] = (out.alpha[0] - alpha).abs().mean()
+                terms["ref_alpha"] = ordered_mean((out.alpha[0] - alpha).abs())
             if dist is not None:
                 terms["silhouette"] = ((out.object_alpha[0] * dist).flatten(1).sum(1) / mask_area).mean()
             if "penetration" in weights and n > 1:

@@ -26,6 +26,7 @@ import torch
 
 from .crops import CropTransform, RecenterSettings, recenter_object
 from .layout import Layout, boxes_from_masks
+from .images import check_image_hwc
 
 __all__ = ["SegmentSettings", "Segmentation", "source_rgb", "parse_phrases", "assign_points", "object_prompts",
            "clean_mask", "sam_masks", "rank_proposals", "propose_boxes", "objects_from_masks", "segment_image"]
@@ -406,6 +407,7 @@ def segment_image(image_hwc: torch.Tensor, sam=None, *, boxes: torch.Tensor | No
     Returns:
         :class:`Segmentation`; crops and masks on the CPU.
     """
+    check_image_hwc(image_hwc, "Segment image")
     rgb, alpha = source_rgb(image_hwc)
     h, w = rgb.shape[:2]
     if masks is not None:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from .attention import TokenWeights, install_spatial_attention, remove_spatial_attention
 from .camera import Cameras
+from .determinism import ordered_sum
 from .render import render_scene
 from .scene import Scene
 from .spatial_tokens import SpatialPrompt, parse_spatial_prompt
@@ -282,7 +283,7 @@ class SSDSGuidance:
             total = total + part.detach()
         # Value: the loss; gradient w.r.t. the renders: the one the chunks accumulated.
         grad = images.grad
-        return {"ssds": total + (rgb * grad).sum() - (rgb.detach() * grad).sum()}
+        return {"ssds": total + ordered_sum(rgb * grad) - ordered_sum(rgb.detach() * grad)}
 
     @property
     def latent_channels(self) -> int:

@@ -76,6 +76,18 @@ class LoadDepthModel:
                                          "Anything V2 model (Small is enough for initial poses)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_folder=None):
+        from ..comboverse_ops.depth import check_depth_folder
+
+        def check():
+            try:
+                check_depth_folder(resolve_depth_folder(model_folder))
+            except (FileNotFoundError, ValueError) as e:
+                raise type(e)(f"{_LOADER}: {e}") from e
+
+        return model_folder is None or host.validation(check)
+
     def load(self, model_folder):
         from ..comboverse_ops.depth import load_depth_model
 

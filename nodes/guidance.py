@@ -45,6 +45,14 @@ class LoadGuidanceModel:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, ckpt_name=None, config_dir=""):
+        from ..comboverse_ops.models.sd import check_sd_source
+
+        return ckpt_name is None or host.validation(lambda: check_sd_source(
+            host.resolve_sd_model(ckpt_name, NODE_NAME), expect="text2img",
+            config_dir=(config_dir or "").strip() or None, tokenizer_dirs=host.clip_tokenizer_dirs(), what=NODE_NAME))
+
     def load(self, ckpt_name, precision="auto", config_dir=""):
         from ..comboverse_ops.models.sd import load_sd_model
 

@@ -451,3 +451,14 @@ def check_cancel() -> None:
 # SSDS guidance
 
 GUIDANCE_MODEL = "COMBOVERSE_GUIDANCE_MODEL"  # comboverse_ops.models.sd.SDModel, text-to-image (4-channel UNet)
+
+
+def validation(check) -> bool | str:
+    """A loader's ``VALIDATE_INPUTS`` answer: True, or the message of the ``ValueError`` /
+    ``FileNotFoundError`` that ``check()`` raised. ComfyUI checks every node of a prompt before it
+    runs any, so a missing, empty or truncated model file is named before the first model runs."""
+    try:
+        check()
+    except (ValueError, FileNotFoundError) as e:
+        return str(e)
+    return True

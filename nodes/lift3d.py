@@ -49,6 +49,16 @@ class LoadLift3DModel:
                                                          "fp32 otherwise (TripoSR's own runs use fp32)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, ckpt_name=None):
+        from ..comboverse_ops.lift3d.checkpoint import check_triposr_files
+
+        if ckpt_name is None:
+            return True
+        host.register_model_folders()
+        return host.validation(lambda: check_triposr_files(
+            host.resolve_model_file(host.TRIPOSR_FOLDER, ckpt_name, "ComboVerse Load Lift3D Model")))
+
     def load(self, ckpt_name, precision="auto"):
         from ..comboverse_ops.lift3d.checkpoint import load_triposr
 

@@ -28,6 +28,14 @@ class LoadSAM:
                                      "sam_vit_l_0b3195.pth or sam_vit_b_01ec64.pth (fastest)."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, sam_name=None):
+        from ..comboverse_ops.files import check_weights_file
+
+        node = "ComboVerse Load SAM"
+        return sam_name is None or host.validation(lambda: check_weights_file(
+            host.resolve_model_file(host.SAM_FOLDER, sam_name, node), node))
+
     def load(self, sam_name):
         from ..comboverse_ops.models.sam import load_sam
 
@@ -65,6 +73,15 @@ class LoadInpaintModel:
                                                      "another SD 1.x/2.x-style architecture."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, ckpt_name=None, config_dir=""):
+        from ..comboverse_ops.models.sd import check_sd_source
+
+        node = "ComboVerse Load Inpaint Model"
+        return ckpt_name is None or host.validation(lambda: check_sd_source(
+            host.resolve_sd_model(ckpt_name, node), expect="inpainting", config_dir=(config_dir or "").strip() or None,
+            tokenizer_dirs=host.clip_tokenizer_dirs(), what=node))
 
     def load(self, ckpt_name, config_dir=""):
         from ..comboverse_ops.models.sd import load_sd_model

@@ -229,7 +229,8 @@ def test_the_real_pipeline_runs_in_the_workers_with_tiny_models_and_a_bad_scene_
     assert "boxes" in rows["bad_boxes"]["error"]
     # Missing model files stop the run before any scene, naming the folder.
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty" / "sams")):
-        main(["batch", str(m), "--out", str(tmp_path / "out2")] + fast[:1] + [str(tmp_path / "empty")] + fast[2:])
+        main(["batch", str(m), "--out", str(tmp_path / "out2"), "--debug"] + fast[:1] + [str(tmp_path / "empty")]
+             + fast[2:])
 
 
 def test_a_bad_scene_is_reported_and_the_others_finish_with_stand_ins(ray_session, tmp_path):

@@ -79,7 +79,7 @@ def test_load_errors(models_dir, tmp_path):
     no_weights.mkdir()
     cfg = json.loads((models_dir / "depth_anything" / "tiny" / "config.json").read_text())
     (no_weights / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(FileNotFoundError, match="could not load the weights"):
+    with pytest.raises(FileNotFoundError, match=r"has no model.safetensors \(or pytorch_model.bin\)"):
         load_depth_model(no_weights, cache=None)
     metric = tmp_path / "metric"
     metric.mkdir()

@@ -27,7 +27,8 @@ from ..models.cache import MODEL_CACHE, ModelCache, ModelKey
 from .config import SHIPPED_CONFIG, TripoSRConfig, load_triposr_config
 from .triposr import TripoSR
 
-__all__ = ["LoadedTripoSR", "load_triposr", "build_triposr", "read_state_dict", "find_config", "WEIGHT_EXTENSIONS"]
+__all__ = ["LoadedTripoSR", "load_triposr", "build_triposr", "read_state_dict", "find_config", "check_triposr_files",
+           "WEIGHT_EXTENSIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         FileNotFoundError: no file at ``path``.
         ValueError: the file is not a plain tensor file (the message says what it found).
     """
+    from ..files import check_weights_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"TripoSR checkpoint not found: {str(path)!r}; {_FIX}")
+    check_weights_file(path, "TripoSR checkpoint", _FIX)  # truncated or not a checkpoint: said here, cheaply
     if path.suffix.lower() in (".safetensors", ".sft"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -192,6 +196,20 @@ class LoadedTripoSR:
     def to(self, device) -> "LoadedTripoSR":
         self.model.to(device)
         return self
+
+
+def check_triposr_files(path: str | os.PathLike, config: str | os.PathLike | None = None) -> Path:
+    """Raise what :func:`load_triposr` would for a missing, truncated or foreign weights file or a
+    bad config, cheaply (the file's header and the YAML only); returns the config's path."""
+    from ..files import check_weights_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"TripoSR checkpoint not found: {str(path)!r}; {_FIX}")
+    check_weights_file(path, "TripoSR checkpoint", _FIX)
+    cfg_path = Path(config) if config is not None else find_config(path)
+    load_triposr_config(cfg_path)
+    return cfg_path
 
 
 def load_triposr(path: str | os.PathLike, config: str | os.PathLike | None = None, *, device="cpu",

@@ -267,7 +267,11 @@ def load_triposr_config(path: str | Path = SHIPPED_CONFIG) -> TripoSRConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"TripoSR config not found: {str(path)!r}")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not readable YAML ({str(e).splitlines()[0]}); expected TripoSR's config.yaml") \
+            from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a YAML mapping (TripoSR's config.yaml), got {type(raw).__name__}")
     raw = _resolve_references(raw, raw, str(path))

@@ -40,6 +40,7 @@ __all__ = [
     "SCHEDULERS",
     "SDCheckpointInfo",
     "SDModel",
+    "check_sd_source",
     "detect_sd_checkpoint",
     "detect_sd_folder",
     "find_clip_tokenizer",
@@ -122,10 +123,10 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dic
     Pickled files are read with ``weights_only=True`` (no code runs); a ``"state_dict"`` wrapper
     (PyTorch Lightning) is unwrapped.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: no file at {path}")
-    if path.suffix in (".safetensors", ".sft"):
+    from ..files import check_weights_file
+
+    path = check_weights_file(path, what)  # damaged, truncated or not a checkpoint: said here, cheaply
+    if path.suffix.lower() in (".safetensors", ".sft"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
@@ -136,6 +137,9 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dic
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for corrupt files / pickled code
+            if "weights_only" not in str(e).lower():  # not pickled code: the file itself is damaged
+                raise ValueError(f"{what}: {path} is not a valid checkpoint ({type(e).__name__}: "
+                                 f"{str(e).strip()[:200]}); the file is damaged, download it again") from None
             raise ValueError(f"{what}: {path.name} could not be read as weights only ({type(e).__name__}: {e}). "
                              "If it is a trusted checkpoint that pickles extra objects, convert it to "
                              ".safetensors first") from None
@@ -395,13 +399,9 @@ def find_clip_tokenizer(candidates) -> Path | None:
     return None
 
 
-def load_clip_tokenizer(candidates, family: str, max_length: int = 77, *, what: str = "tokenizer"):
-    """A ``transformers.CLIPTokenizer`` from the first usable folder in ``candidates``, else from
-    the vocabulary of an installed ``open_clip_torch`` (:mod:`.clip_vocab`).
-
-    SD2's OpenCLIP text tower was trained with "!" (id 0) as padding, SD1's with the end token;
-    the tokenizer pads accordingly whatever its folder says.
-    """
+def _require_clip_tokenizer(candidates, what: str) -> Path:
+    """:func:`find_clip_tokenizer`, else the vocabulary of an installed ``open_clip_torch``
+    (:mod:`.clip_vocab`); raises ``FileNotFoundError`` (says where to put one) if neither."""
     folder = find_clip_tokenizer(candidates)
     if folder is None:  # last: the vocabulary open_clip_torch ships (the same tokens, clip_vocab.py)
         from .clip_vocab import packaged_clip_tokenizer_dir
@@ -415,6 +415,16 @@ def load_clip_tokenizer(candidates, family: str, max_length: int = 77, *, what: 
             "merges.txt (or tokenizer.json) of openai/clip-vit-large-patch14 into a folder named 'tokenizer' next to "
             "the checkpoint (or into the diffusers folder's tokenizer/). Inside ComfyUI the tokenizer that ships with "
             "ComfyUI (comfy/sd1_tokenizer) is used automatically")
+    return folder
+
+
+def load_clip_tokenizer(candidates, family: str, max_length: int = 77, *, what: str = "tokenizer"):
+    """A ``transformers.CLIPTokenizer`` from the first usable folder in ``candidates``.
+
+    SD2's OpenCLIP text tower was trained with "!" (id 0) as padding, SD1's with the end token;
+    the tokenizer pads accordingly whatever its folder says.
+    """
+    folder = _require_clip_tokenizer(candidates, what)
     from transformers import CLIPTokenizer, CLIPTokenizerFast
 
     kwargs = {"model_max_length": max_length}
@@ -642,3 +652,34 @@ def _check_expected(info: SDCheckpointInfo, expect: str | None, path: Path, what
                          f"inpainting model: {_WHERE_INPAINT}")
     if expect == "text2img" and info.inpainting:
         raise ValueError(f"{what}: {path.name} is an {info.describe()} model; expected {_WHERE_TEXT2IMG}")
+
+
+def check_sd_source(path: str | os.PathLike, *, expect: str | None = None, config_dir: str | os.PathLike | None = None,
+                    tokenizer_dirs=(), what: str = "SD model") -> None:
+    """Raise what :func:`load_sd_model` would for a missing or damaged file, config folder or
+    tokenizer, cheaply (headers and JSON files only, no weights), so that a run fails before its
+    first model runs rather than minutes later."""
+    from ..files import check_weights_file
+
+    path = Path(path)
+    if not path.exists():
+        where = _WHERE_TEXT2IMG if expect == "text2img" else _WHERE_INPAINT
+        raise FileNotFoundError(f"{what}: no file or folder at {path}; expected {where}")
+    if config_dir and not (Path(config_dir) / "unet" / "config.json").is_file():
+        raise FileNotFoundError(f"{what}: config folder {config_dir} has no unet/config.json; expected a "
+                                "diffusers-format config folder (model_index.json, unet/, vae/, text_encoder/, "
+                                "scheduler/)")
+    if path.is_dir():
+        info = detect_sd_folder(path, what=f"{what} {path.name}")
+        _check_expected(info, expect, path, what)
+        for sub in ("unet", "vae", "text_encoder"):
+            weights = sorted(p for p in (path / sub).glob("*") if p.suffix in (".safetensors", ".bin"))
+            if not weights:
+                raise FileNotFoundError(f"{what}: no weights in {path / sub} (expected a .safetensors or .bin file)")
+            for w in weights:
+                check_weights_file(w, what)
+        _require_clip_tokenizer([path / "tokenizer", *tokenizer_dirs], what)
+    else:
+        check_weights_file(path, what, f"Expected {_WHERE_TEXT2IMG if expect == 'text2img' else _WHERE_INPAINT}")
+        _require_clip_tokenizer([*tokenizer_dirs, path.parent / "tokenizer",
+                                 *([Path(config_dir) / "tokenizer"] if config_dir else [])], what)

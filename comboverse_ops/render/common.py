@@ -157,5 +157,5 @@ def shade(flat: FlatScene, obj: torch.Tensor, color: torch.Tensor, uv: torch.Ten
         grid = torch.stack([u * 2 - 1, (1 - v) * 2 - 1], -1)[None, None]
         texel = F.grid_sample(tex.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border",
                               align_corners=False)[0, :, 0].T
-        out = out.index_put((sel,), out[sel] * texel)
+        out = out.index_put((sel,), out.index_select(0, sel) * texel)
     return out

@@ -18,6 +18,12 @@ front-facing surface behind the covering triangle (another object, or the far si
 one) shows through, else the background. Interior edges of a surface are not softened, so
 closed meshes show no seams. Gradients of colour and depth flow through perspective-correct
 barycentrics. Triangles with a vertex behind the near plane are dropped.
+
+Determinism: every differentiable gather is an ``index_select`` and every scatter an
+``index_add``, whose CPU backward and forward add in index order. Advanced indexing
+(``x[idx]``) would be shorter, but its backward adds with atomics across threads, so the
+gradients, and with them the refined poses, changed with the thread count and the machine's
+load (see :mod:`comboverse_ops.determinism`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,12 @@ def _screen(clip: torch.Tensor, width: int, height: int) -> torch.Tensor:
     x = (clip[..., 0] / w + 1) * (width / 2)
     y = (1 - clip[..., 1] / w) * (height / 2)
     return torch.stack([x, y, w], -1)
+
+
+def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[idx]`` for ``[N, C]`` ``x`` and int64 ``idx`` of any shape, with a backward that adds
+    in a fixed order (module doc, Determinism). Returns ``[*idx.shape, C]``."""
+    return x.index_select(0, idx.reshape(-1)).reshape(*idx.shape, x.shape[1])
 
 
 def _cross2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -194,7 +206,9 @@ def rasterize_torch(flat: FlatScene, clip: torch.Tensor, width: int, height: int
 
     # Pass 2, differentiable, on the selected fragments only.
     vidx = flat.faces[fid]
-    _, sil_dist, depth, pbary = _pair_geometry(scr[cam[:, None], vidx], px, py, sil)
+    n_vert = scr.shape[1]
+    tri = _rows(scr.reshape(-1, 3), cam[:, None] * n_vert + vidx)
+    _, sil_dist, depth, pbary = _pair_geometry(tri, px, py, sil)
     ramp = (0.5 - sil_dist / aa_width).clamp(0, 1)
     inner = (0.5 + sil_dist / aa_width).clamp(0, 1)
     cover = torch.where(kind == _RAMP, ramp, torch.where(kind == _COVER, inner, torch.ones_like(ramp)))
@@ -206,11 +220,11 @@ def rasterize_torch(flat: FlatScene, clip: torch.Tensor, width: int, height: int
     run_start[1:] = pix[1:] != pix[:-1]
     arange = torch.arange(pix.shape[0], device=pix.device)
     start_idx = torch.cummax(torch.where(run_start, arange, torch.zeros_like(arange)), 0).values
-    weight = cover * torch.exp(excl - excl[start_idx]).to(cover.dtype)
+    weight = cover * torch.exp(excl - excl.index_select(0, start_idx)).to(cover.dtype)
 
     obj = flat.face_object[fid]
-    color = (pbary[:, :, None] * flat.colors[vidx]).sum(1)
-    uv = (pbary[:, :, None] * flat.uvs[vidx]).sum(1)
+    color = (pbary[:, :, None] * _rows(flat.colors, vidx)).sum(1)
+    uv = (pbary[:, :, None] * _rows(flat.uvs, vidx)).sum(1)
     color = shade(flat, obj, color, uv)
 
     n_pix = b_count * n_img
