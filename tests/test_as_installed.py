@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from tiny_models import save_tiny_depth_anything, save_tiny_sam, save_tiny_sd, save_tiny_triposr
+from tiny_models import save_tiny_depth_anything, save_tiny_owlv2, save_tiny_sam, save_tiny_sd, save_tiny_triposr
 
 API_DIR = ROOT / "workflows" / "api"
 PACK = "ComfyUI-ComboVerse"  # the folder name of the README's install command
@@ -67,6 +67,7 @@ def _models_and_inputs(root: Path) -> tuple[dict, dict]:
                                          name="v2-1_512-ema-pruned.safetensors")
     save_tiny_triposr(models / "triposr", iso_level=TRIPOSR_ISO)
     save_tiny_depth_anything(models / "depth_anything" / "tiny")
+    save_tiny_owlv2(models / "detectors" / "owlv2-tiny")
     # A picture with as many objects as the workflows ask Segment for (3), partly hiding each other.
     proc = make_procedural_scene(4, ProceduralSettings(min_objects=3, max_objects=3, image_size=128))
     obs = proc.observe()
@@ -87,7 +88,7 @@ def _models_and_inputs(root: Path) -> tuple[dict, dict]:
 
 
 # The nodes no shipped workflow uses, in one graph: ExportMesh's core MESH back through Meshes From
-# MESH, and InitPose with Depth Anything's map.
+# MESH, InitPose with Depth Anything's map, and the box sources (Boxes, Detect) feeding Segment.
 EXTRA_NODES = {
     "1": {"class_type": "ComboVerseProceduralScene", "inputs": {"seed": 3, "objects": 2, "image_size": 96}},
     "2": {"class_type": "ComboVerseSegment", "inputs": {
@@ -105,6 +106,20 @@ EXTRA_NODES = {
         "meshes": ["7", 0], "layout": ["2", 2], "reference_image": ["1", 1], "fov_deg": 40.0,
         "elevation_deg": -15.0, "depth_kind": "disparity", "depth_map": ["6", 0]}},
     "9": {"class_type": "ComboVerseExportMesh", "inputs": {"scene": ["8", 0], "filename_prefix": "extra/depth"}},
+    "10": {"class_type": "ComboVerseBoxes", "inputs": {"image": ["1", 1], "boxes": json.dumps([
+        {"x": 4, "y": 8, "width": 40, "height": 40, "label": "a red box"},
+        {"x": 50, "y": 30, "width": 40, "height": 50, "label": "a green sphere"}])}},
+    "11": {"class_type": "ComboVerseLoadDetector", "inputs": {"model_folder": "owlv2-tiny"}},
+    "12": {"class_type": "ComboVerseDetect", "inputs": {
+        "detector": ["11", 0], "image": ["1", 1], "phrases": "a red box\na green sphere", "threshold": 0.0}},
+    "13": {"class_type": "ComboVerseSegment", "inputs": {
+        "image": ["1", 1], "masks": ["1", 2], "boxes": ["10", 0], "negative_points": True, "auto_objects": 2,
+        "crop_size": 64, "foreground_ratio": 0.85, "background": "grey", "boxes_text": "", "points": "",
+        "phrases": ["10", 1]}},
+    "14": {"class_type": "ComboVerseSegment", "inputs": {
+        "image": ["1", 1], "masks": ["1", 2], "boxes": ["12", 0], "negative_points": True, "auto_objects": 2,
+        "crop_size": 64, "foreground_ratio": 0.85, "background": "grey", "boxes_text": "", "points": "",
+        "phrases": ""}},
 }
 
 
