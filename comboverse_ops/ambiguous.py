@@ -51,8 +51,8 @@ from .procedural import ProceduralScene, ProceduralSettings, make_procedural_sce
 from .relations import relation_holds, relation_score
 from .scene import Scene
 
-__all__ = ["SETS", "CORRUPTIONS", "SHAPE_WORDS", "PRIOR_COLORS", "AmbiguousScene", "make_ambiguous_scene", "ambiguous_scenes",
-           "viewer_triples", "caption_for", "set_scene"]
+__all__ = ["SETS", "CORRUPTIONS", "SHAPE_WORDS", "PRIOR_COLORS", "AmbiguousScene", "make_ambiguous_scene",
+           "ambiguous_scenes", "viewer_triples", "caption_for", "set_scene"]
 
 SETS = {"tune": 10_000, "report": 20_000}  # first seed of each set: disjoint seed ranges
 CORRUPTIONS = ("swap", "depth_size", "float", "sink")
@@ -60,7 +60,7 @@ CORRUPTIONS = ("swap", "depth_size", "float", "sink")
 # procedural.COLOR_PALETTE, hue-distinct) and shapes, procedural kinds named as its captions say.
 PRIOR_COLORS = ("red", "green", "blue", "yellow", "purple", "cyan")
 SHAPE_WORDS = {"box": "cube", "sphere": "sphere", "cylinder": "cylinder", "cone": "cone"}
-_ATTEMPTS = 200  # seeds tried per set scene (front/behind pairs apart on screen and in the prior's colours: ~1 in 20)
+_ATTEMPTS = 200  # seeds tried per set scene (front/behind pairs apart on screen, prior's colours: ~1 in 20)
 _DEPTH_NOISE = 0.05  # per-pixel relative depth noise of the simulated monocular estimate
 
 
