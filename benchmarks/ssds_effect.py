@@ -86,7 +86,8 @@ GUIDANCE = {
     "ssds": {"reweight": 25.0, "t_range": (0.8, 0.9)},
 }
 # The paper's ablation rows (METHOD.md; CLIP ViT-B/16 colour / geometry), cited beside ours.
-PAPER = {"ref": "no guidance 86.62 / 75.24", "sds": "SDS 84.16 / 78.25", "ssds-uniform": "SSDS, uniform t 85.33 / 78.49",
+PAPER = {"ref": "no guidance 86.62 / 75.24", "sds": "SDS 84.16 / 78.25",
+         "ssds-uniform": "SSDS, uniform t 85.33 / 78.49",
          "ssds-low": "SSDS, low-noise t 84.86 / 79.03", "ssds": "full SSDS 89.01 / 79.66"}
 
 
@@ -376,7 +377,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--set", default="report", choices=["tune", "report"])
     ap.add_argument("--scenes", type=int, default=60)
     ap.add_argument("--first-scene", type=int, default=0)
-    ap.add_argument("--variants", default=None, help="variant names or groups (main, sweeps, core, all), separated by ';' (or ',' when no name has options)")
+    ap.add_argument("--variants", default=None, help="variant names or groups (main, sweeps, core, all), separated "
+                    "by ';' (or ',' when no name has options)")
     ap.add_argument("--steps", type=int, default=RefineSettings().steps)
     ap.add_argument("--size", type=int, default=128, help="reference image size, pixels")
     ap.add_argument("--render-res", type=int, default=0, help="SSDS render resolution; 0: the prior's resolution")

@@ -6,9 +6,11 @@ large object from a near, small one. Every scene here is a procedural scene
 (:func:`.procedural.make_procedural_scene`, its true poses known) with
 
 - a **caption** in the spatial prior's viewer-relative vocabulary (:data:`.relations.RELATIONS`)
-  for the REFERENCE view, e.g. "a red cube behind a blue sphere" (procedural "box" is said "cube";
+  for the REFERENCE view, e.g. "a red cube behind a blue sphere", using only its words (colours
+  :data:`PRIOR_COLORS`, shapes cube, sphere, cylinder, cone; procedural "box" is said "cube";
   "beside" becomes "to the left of" / "to the right of" as the reference camera sees it;
-  "partly occluding" becomes "in front of"); clauses of 3-object scenes are joined by ", ";
+  "partly occluding" becomes "in front of"); clauses of 3-object scenes are joined by ", " and a
+  repeated object is "the ...", as in the prior's training captions;
 - the **truth triples** ``(subject_index, relation, object_index)`` the caption states, all true
   for the true poses (:func:`.relations.relation_holds`);
 - a **start**: initial poses that violate at least one of them while the reference image stays
@@ -49,15 +51,16 @@ from .procedural import ProceduralScene, ProceduralSettings, make_procedural_sce
 from .relations import relation_holds, relation_score
 from .scene import Scene
 
-__all__ = ["SETS", "CORRUPTIONS", "SHAPE_WORDS", "AmbiguousScene", "make_ambiguous_scene", "ambiguous_scenes",
-           "viewer_triples", "caption_for", "set_scene"]
+__all__ = ["SETS", "CORRUPTIONS", "SHAPE_WORDS", "PRIOR_COLORS", "AmbiguousScene", "make_ambiguous_scene",
+           "ambiguous_scenes", "viewer_triples", "caption_for", "set_scene"]
 
 SETS = {"tune": 10_000, "report": 20_000}  # first seed of each set: disjoint seed ranges
 CORRUPTIONS = ("swap", "depth_size", "float", "sink")
-# Procedural kinds as the prior's captions name them.
-SHAPE_WORDS = {"box": "cube", "sphere": "sphere", "cylinder": "cylinder", "cone": "cone", "torus": "torus",
-               "capsule": "capsule"}
-_ATTEMPTS = 60  # seeds tried per set scene (front/behind pairs apart on screen are about 1 in 4)
+# The spatial prior's vocabulary (training/spatial_prior/scenes.py): these colours (of
+# procedural.COLOR_PALETTE, hue-distinct) and shapes, procedural kinds named as its captions say.
+PRIOR_COLORS = ("red", "green", "blue", "yellow", "purple", "cyan")
+SHAPE_WORDS = {"box": "cube", "sphere": "sphere", "cylinder": "cylinder", "cone": "cone"}
+_ATTEMPTS = 200  # seeds tried per set scene (front/behind pairs apart on screen, prior's colours: ~1 in 20)
 _DEPTH_NOISE = 0.05  # per-pixel relative depth noise of the simulated monocular estimate
 
 
@@ -112,10 +115,15 @@ def viewer_triples(proc: ProceduralScene) -> tuple[tuple[int, str, int], ...]:
 
 
 def caption_for(proc: ProceduralScene, triples) -> str:
-    """"a red cube behind a blue sphere[, ...]": noun phrases from colours and shape words."""
+    """"a red cube behind a blue sphere, a green cone to the left of the blue sphere": the prior's
+    caption form (an object named again is "the ...")."""
+    said: set[int] = set()
+
     def noun(k: int) -> str:
-        color = proc.colors[k]
-        return f"{'an' if color[0] in 'aeiou' else 'a'} {color} {SHAPE_WORDS[proc.kinds[k]]}"
+        words = f"{proc.colors[k]} {SHAPE_WORDS[proc.kinds[k]]}"
+        first = k not in said
+        said.add(k)
+        return (f"{'an' if words[0] in 'aeiou' else 'a'} {words}") if first else f"the {words}"
     return ", ".join(f"{noun(i)} {rel} {noun(j)}" for i, rel, j in triples)
 
 
@@ -126,12 +134,9 @@ def _scene_settings(n_objects: int, size: int, stacked: bool) -> ProceduralSetti
         rel = ("on top of",) if n_objects == 2 else ("on top of", "beside")
     else:
         rel = ("in front of", "behind") if n_objects == 2 else ("in front of", "behind", "beside")
-    # Colours and shapes the shipped spatial prior was trained on (training/spatial_prior/scenes.py):
-    # hue-distinct colours, and the four shapes it has words for.
     return ProceduralSettings(min_objects=n_objects, max_objects=n_objects, image_size=size, relations=rel,
-                              faces_per_object=300, elevation_range_deg=(-35.0, -20.0),
-                              kinds=("box", "sphere", "cylinder", "cone"),
-                              colors=("red", "green", "blue", "yellow", "purple", "cyan"))
+                              kinds=tuple(SHAPE_WORDS), colors=PRIOR_COLORS, faces_per_object=300,
+                              elevation_range_deg=(-35.0, -20.0))
 
 
 def _push_along_ray(pose: Pose, eye: torch.Tensor, factor: float) -> Pose:
@@ -238,7 +243,7 @@ def set_scene(which: str, index: int, *, image_size: int = 128, three_object_sha
     One in ``round(1 / three_object_share)`` scenes has 3 objects, the rest 2; every third scene
     is an "on top of" scene (corruptions "float" and "sink" in turn), the others front/behind
     ("swap" and "depth_size" in turn). Its seed is ``SETS[which] + index``; when no scene can be made from a seed (no
-    layout, or a relation the corruption cannot break), the next try is ``+ 100000`` further (at most 60 tries),
+    layout, or a relation the corruption cannot break), the next try is ``+ 100000`` further (at most 200 tries),
     so each ``(which, index, image_size)`` always gives the same scene and scenes can be made in
     parallel.
     """

@@ -33,8 +33,11 @@ def test_set_scenes_break_their_caption_only_where_the_reference_view_cannot_see
     assert all(r in RELATIONS for _, r, _ in amb.triples)
     assert len(amb.start.objects) == (3 if index == 3 else 2)
     assert amb.corruption in (("float", "sink") if index % 3 == 0 else ("swap", "depth_size"))
-    words = amb.caption.split()
-    assert "box" not in words and amb.truth.colors[amb.triples[0][0]] in words
+    words = amb.caption.replace(",", " ,").split()
+    assert amb.truth.colors[amb.triples[0][0]] in words
+    # Every word is one token of the shipped prior's vocabulary (no "box", no colour it never saw).
+    vocab = json.loads((ROOT / "comboverse_ops" / "assets" / "spatial_prior" / "tokenizer" / "vocab.json").read_text())
+    assert all(w + "</w>" in vocab or w in vocab for w in words), amb.caption
     # The start looks like the reference picture: every object's projected centre stays put.
     from comboverse_ops.camera import project_points
     for t, s in zip(amb.truth.scene.objects, amb.start.objects):
