@@ -28,27 +28,7 @@ SHIPPED_PRIOR = Path(__file__).resolve().parent / "assets" / "spatial_prior"
 DEMO_GUIDANCE = dict(reweight=1.0, t_range=(0.8, 0.9), guidance_scale=100.0, views=4)
 DEMO_AZIMUTH = (-30.0, 30.0)
 DEMO_SCENE = ("tune", 2)
-
-
-def _label_rows(rows: list[torch.Tensor], labels: list[str], columns: list[str]) -> torch.Tensor:
-    """Stack ``[H, W, 3]`` rows with a label left of each and column titles on top."""
-    from PIL import Image, ImageDraw
-
-    h, w = rows[0].shape[:2]
-    left, top, gap = 120, 18, 4
-    canvas = Image.new("RGB", (left + w, top + len(rows) * (h + gap)), "white")
-    draw = ImageDraw.Draw(canvas)
-    col_w = (w - gap * (len(columns) - 1)) / len(columns)
-    for k, title in enumerate(columns):
-        draw.text((left + k * (col_w + gap) + 4, 3), title, fill="black")
-    for i, (row, label) in enumerate(zip(rows, labels)):
-        y = top + i * (h + gap)
-        canvas.paste(Image.fromarray((row.clamp(0, 1) * 255).round().byte().cpu().numpy()), (left, y))
-        for j, line in enumerate(label.split("\n")):
-            draw.text((6, y + h // 2 - 12 + 12 * j), line, fill="black")
-    import numpy as np
-
-    return torch.from_numpy(np.asarray(canvas).copy()).float() / 255
+DEMO_PARAMETERIZATION = "camera"
 
 
 def run_ssds_demo(out_dir: str | Path, *, steps: int = 200, device: str = "cpu", prior: str | Path | None = None,
@@ -56,8 +36,10 @@ def run_ssds_demo(out_dir: str | Path, *, steps: int = 200, device: str = "cpu",
     """Refine the demo scene with and without SSDS; write ``before_after.png``, ``scene.glb`` and
     ``report.json`` into ``out_dir`` and return the report (module doc)."""
     from .ambiguous import set_scene
-    from .atomic import save_png_atomic, write_bytes_atomic
-    from .export import write_glb
+    from .atomic import png_bytes, write_files_atomic
+    from .cli import labelled_grid_png
+    from .export import scene_to_glb_bytes
+    from .files import check_output_file
     from .metrics import scene_metrics
     from .models.sd import load_sd_model
     from .procedural import novel_cameras
@@ -66,13 +48,19 @@ def run_ssds_demo(out_dir: str | Path, *, steps: int = 200, device: str = "cpu",
     from .ssds import SSDSGuidance, SSDSSettings, ViewSampling
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: expected a folder for the demo's files, got the file {out}")
+    paths = {k: out / n for k, n in (("before_after", "before_after.png"), ("glb", "scene.glb"),
+                                     ("report", "report.json"))}
+    for p in paths.values():
+        check_output_file(p, "--out")
     t0 = time.perf_counter()
     dev = torch.device(device)
     amb = set_scene(*DEMO_SCENE, image_size=128)
     truth = amb.truth.scene.to(dev)
     start = amb.start.to(dev)
     targets = RefineTargets.from_masks(amb.image.to(dev), amb.masks.to(dev))
-    settings = RefineSettings(steps=steps, preview_every=0)
+    settings = RefineSettings(steps=steps, preview_every=0, parameterization=DEMO_PARAMETERIZATION)
     model = load_sd_model(prior or SHIPPED_PRIOR, expect="text2img", device=dev, dtype=torch.float32,
                           what="spatial prior")
     size = int(model.unet.config.sample_size) * 2 ** (len(model.vae.config.block_out_channels) - 1)
@@ -92,21 +80,19 @@ def run_ssds_demo(out_dir: str | Path, *, steps: int = 200, device: str = "cpu",
     metrics = {k: scene_metrics(s, truth, novel) for k, s in scenes.items() if k != "truth"}
 
     views = novel_cameras(amb.truth, 2, elevation_deg=-60.0).to(dev)  # from above: depth order shows
-    rows = []
-    for s in scenes.values():
-        pictures = [render_scene(s, s.camera).rgb[0], *render_scene(s, views).rgb]
-        gap = torch.ones(pictures[0].shape[0], 4, 3, device=dev)
-        rows.append(torch.cat([x for p in pictures for x in (p, gap)][:-1], 1))
-    labels = [f"{k}\nrelation {'holds' if all(holds[k]) else 'broken'}" for k in scenes]
-    image = _label_rows(rows, labels, ["reference view", "novel view 1 (from above)", "novel view 2 (from above)"])
-    files = {"before_after": save_png_atomic(out / "before_after.png", image),
-             "glb": write_glb(results["with SSDS"], out / "scene.glb")}
+    rows = [[render_scene(s, s.camera).rgb[0], *render_scene(s, views).rgb] for s in scenes.values()]
+    labels = [f"{k}: relation {'holds' if all(holds[k]) else 'broken'}" for k in scenes]
+    contents = {"before_after": labelled_grid_png(rows, labels, ["reference view", "novel view 1 (from above)",
+                                                                "novel view 2 (from above)"]),
+                "glb": scene_to_glb_bytes(results["with SSDS"], {"comboverse": {
+                    "command": "demo --ssds", "settings": {"steps": steps, **DEMO_GUIDANCE}}})}
     report = {"caption": amb.caption, "scene": list(DEMO_SCENE), "seed": amb.seed, "corruption": amb.corruption,
               "guidance": {**DEMO_GUIDANCE, "azimuth_offset_deg": list(DEMO_AZIMUTH), "prior": str(prior or SHIPPED_PRIOR)},
               "steps": steps, "relation_satisfied": {k: all(v) for k, v in holds.items()},
               "metrics": metrics, "seconds": {**seconds, "total": round(time.perf_counter() - t0, 2)},
-              "files": {k: str(v) for k, v in files.items()}}
-    files["report"] = write_bytes_atomic(out / "report.json", json.dumps(report, indent=2).encode())
+              "files": {k: str(v) for k, v in paths.items()}}
+    contents["report"] = json.dumps(report, indent=2).encode()
+    write_files_atomic({paths[k]: contents[k] for k in paths})  # one commit, the report last
     log(f"caption: {amb.caption} (start: depths {amb.corruption}ped by InitPose)")
     log(f"{'':<22}{'init':>8}{'ref only':>10}{'SSDS':>8}")
     cols = ("start", "reference only", "with SSDS")
@@ -115,7 +101,7 @@ def run_ssds_demo(out_dir: str | Path, *, steps: int = 200, device: str = "cpu",
     for key, label in (("translation", "translation err"), ("translation_aligned", "  aligned"),
                        ("ref_mask_iou", "reference IoU"), ("novel_mask_iou", "novel-view IoU")):
         log(f"{label:<22}" + "".join(f"{metrics[c][key]:>{w}.3f}" for c, w in zip(cols, (8, 10, 8))))
-    for k, v in files.items():
+    for k, v in paths.items():
         log(f"wrote {k:<12} {v}")
     log(f"done in {report['seconds']['total']:.1f} s")
     return report
