@@ -36,8 +36,8 @@ def run_ssds_demo(out_dir: str | Path, *, steps: int = 200, device: str = "cpu",
     """Refine the demo scene with and without SSDS; write ``before_after.png``, ``scene.glb`` and
     ``report.json`` into ``out_dir`` and return the report (module doc)."""
     from .ambiguous import set_scene
-    from .atomic import png_bytes, write_files_atomic
-    from .cli import labelled_grid_png
+    from .atomic import write_files_atomic
+    from .cli import _ProgressBar, labelled_grid_png
     from .export import scene_to_glb_bytes
     from .files import check_output_file
     from .metrics import scene_metrics
@@ -70,7 +70,7 @@ def run_ssds_demo(out_dir: str | Path, *, steps: int = 200, device: str = "cpu",
     results, seconds = {}, {}
     for name, guidance in (("reference only", None), ("with SSDS", ssds)):
         t = time.perf_counter()
-        bar = _Progress(f"refine, {name}", steps, log)
+        bar = _ProgressBar(f"refine, {name}", steps, log)
         results[name] = refine_poses(start, targets, settings, callback=bar, guidance=guidance).scene
         bar.close()
         seconds[name] = round(time.perf_counter() - t, 2)
@@ -105,17 +105,3 @@ def run_ssds_demo(out_dir: str | Path, *, steps: int = 200, device: str = "cpu",
         log(f"wrote {k:<12} {v}")
     log(f"done in {report['seconds']['total']:.1f} s")
     return report
-
-
-class _Progress:
-    def __init__(self, label: str, total: int, log):
-        self.label, self.total, self.log, self.last = label, total, log, -1
-
-    def __call__(self, step: int, total: int, preview=None) -> None:
-        pct = (step + 1) * 10 // max(1, total)
-        if pct != self.last:
-            self.last = pct
-            self.log(f"{self.label}: {step + 1}/{total}")
-
-    def close(self) -> None:
-        pass

@@ -240,11 +240,11 @@ def check_inputs(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
 
     s = settings
     pipeline_device(s)
+    if boxes is None and not s.detect:  # the arguments first: no file needs reading to say this
+        raise ValueError("--boxes: not given; give one box per object, or name the objects with --phrases and "
+                         "give an OWLv2 folder with --detect DIR to find their boxes")
     image = load_image_hwc(image_path)
     if boxes is None:  # the boxes come from Detect: one per phrase
-        if not s.detect:
-            raise ValueError("--boxes: not given; give one box per object, or name the objects with --phrases and "
-                             "give an OWLv2 folder with --detect DIR to find their boxes")
         from .detect import check_detector_folder
 
         check_detector_folder(s.detect)
@@ -355,8 +355,8 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
         del detector
         boxes, s = found.boxes.tolist(), replace(s, phrases=json.dumps(list(found.phrases)))
         timings["detect"] = time.perf_counter() - t
-    box_t = parse_boxes(boxes, (h, w), what="--boxes")
-    phrases = parse_phrases(s.phrases, box_t.shape[0], what="--phrases")
+        box_t = parse_boxes(boxes, (h, w), what="--detect")
+        phrases = tuple(found.phrases)
 
     def bar(label: str, total: int):
         return progress(label, total) if progress is not None else None

@@ -277,7 +277,7 @@ class SceneSampler:
     def _flip_first(self, spec: SceneSpec, lay):
         """Swap the first pair's places so the picture shows the opposite relation; the caption stays."""
         i, rel, j = spec.relations[0]
-        (oi, pi), (oj, pj) = lay[i], lay[j]
+        (oi, pi), (_, pj) = lay[i], lay[j]
         lay = list(lay)
         if rel in ("on top of", "under"):
             # The opposite of "A on B" is "B on A": the stack is rebuilt the other way round

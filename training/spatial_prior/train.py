@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -253,7 +252,7 @@ def main(argv=None) -> int:
         print(f"VAE latent std {1 / st['scaling_factor']:.4f}: scaling factor {st['scaling_factor']:.4f}", flush=True)
     vae.register_to_config(scaling_factor=st["scaling_factor"])
     pool_z = (pool_z * st["scaling_factor"]).to(torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    del pool_img
+    pool_img = None  # the pictures are encoded; free them
 
     # ---- phase 2: UNet + text encoder ---------------------------------------------------------
     params = [*unet.parameters(), *text.parameters()]
