@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -98,8 +98,10 @@ def make_caption(colors, kinds, relations) -> str:
     return " , ".join(f"{np_(i)} {r} {np_(j)}" for i, r, j in relations).replace(" , ", ", ")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerSettings:
+    """How training pictures are drawn (ranges are procedural.py's where it has them)."""
+
     image_size: int = 64
     fov_deg: float = 40.0
     elevation_deg: tuple[float, float] = (-55.0, -10.0)  # kiui: negative = camera above; SSDS's novel views
@@ -114,7 +116,6 @@ class SamplerSettings:
     kinds: tuple = KINDS
     colors: tuple = tuple(COLORS)
     relations: tuple = RELATIONS
-    extra: dict = field(default_factory=dict)
 
 
 class SceneSampler:
@@ -164,7 +165,6 @@ class SceneSampler:
                               torch.zeros(nv * self.SLOTS, 2), (None,) * n_obj, nbs)
         self.flat = FlatScene(*(t.to(self.device) if torch.is_tensor(t) else t for t in self.flat.__dict__.values()))
         self.n_kinds = len(meshes)
-        self.palette = torch.tensor([COLORS[c] for c in self.s.colors], device=self.device)
 
     # ------------------------------------------------------------------------------------------
     # Layout (CPU, Python: a few microseconds a sample)
