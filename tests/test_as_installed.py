@@ -61,10 +61,12 @@ def _models_and_inputs(root: Path) -> tuple[dict, dict]:
     models, inputs = root / "models", root / "input"
     save_tiny_sam(models / "sams" / "sam_vit_h_4b8939.pth")
     save_tiny_sam(models / "sams" / "sam_tiny.pth")
+    # SD's own latent factor of 8 (vae_levels 4): at the workflows' 512 px a factor-2 tiny VAE
+    # gives 256 x 256 latents, and their self-attention alone takes many minutes on a CPU.
     _, inpaint_cfg, _, _ = save_tiny_sd(models / "checkpoints", "sd2", inpainting=True,
-                                        name="512-inpainting-ema.safetensors")
+                                        name="512-inpainting-ema.safetensors", vae_levels=4)
     _, guidance_cfg, _, _ = save_tiny_sd(models / "checkpoints", "sd2", inpainting=False,
-                                         name="v2-1_512-ema-pruned.safetensors")
+                                         name="v2-1_512-ema-pruned.safetensors", vae_levels=4)
     save_tiny_triposr(models / "triposr", iso_level=TRIPOSR_ISO)
     save_tiny_depth_anything(models / "depth_anything" / "tiny")
     save_tiny_owlv2(models / "detectors" / "owlv2-tiny")

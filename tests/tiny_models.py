@@ -71,7 +71,8 @@ def write_tiny_tokenizer(folder: Path) -> int:
 # SD configs
 
 
-def tiny_sd_configs(family: str, inpainting: bool, vocab_size: int) -> dict[str, dict]:
+def tiny_sd_configs(family: str, inpainting: bool, vocab_size: int, vae_levels: int = 2) -> dict[str, dict]:
+    """Configs of a tiny SD; ``vae_levels`` 4 gives SD's own latent factor of 8 (cheap at 512 px)."""
     sd2 = family == "sd2"
     unet = {
         "_class_name": "UNet2DConditionModel", "act_fn": "silu",
@@ -82,8 +83,8 @@ def tiny_sd_configs(family: str, inpainting: bool, vocab_size: int) -> dict[str,
         "use_linear_projection": sd2, "flip_sin_to_cos": True, "freq_shift": 0,
     }
     vae = {
-        "_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [8, 16],
-        "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+        "_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [8, 16, 16, 16][:vae_levels],
+        "down_block_types": ["DownEncoderBlock2D"] * vae_levels, "up_block_types": ["UpDecoderBlock2D"] * vae_levels,
         "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 1, "norm_num_groups": 4,
         "sample_size": 32, "scaling_factor": 0.18215,
     }
@@ -267,7 +268,8 @@ def text_to_ldm(text, family: str, seed: int = 1) -> dict[str, torch.Tensor]:
 
 
 def save_tiny_sd(folder: Path, family: str = "sd2", inpainting: bool = True, seed: int = 0,
-                 name: str | None = None, dtype=torch.float32, text_vocab_size: int | None = None):
+                 name: str | None = None, dtype=torch.float32, text_vocab_size: int | None = None,
+                 vae_levels: int = 2):
     """Write a tiny SD checkpoint (single file, original layout), its config folder and tokenizer.
 
     ``text_vocab_size``: the text encoder's vocabulary, default the tiny tokenizer's. Inside
@@ -284,7 +286,7 @@ def save_tiny_sd(folder: Path, family: str = "sd2", inpainting: bool = True, see
     if text_vocab_size is not None:
         vocab = max(vocab, text_vocab_size)
     cfg_dir = write_config_dir(folder / f"config-{family}{'-inpainting' if inpainting else ''}",
-                               tiny_sd_configs(family, inpainting, vocab))
+                               tiny_sd_configs(family, inpainting, vocab, vae_levels))
     unet, vae, text = build_sd_models(cfg_dir, seed)
     state = {**unet_to_ldm(unet), **vae_to_ldm(vae), **text_to_ldm(text, family)}
     path = folder / (name or f"tiny-{family}{'-inpainting' if inpainting else ''}.safetensors")
