@@ -97,13 +97,34 @@ def installed_closure(requirements: list[str]) -> set[str]:
     return seen
 
 
-def imported_outside(allowed: set[str], before: set[str]) -> dict[str, list[str]]:
-    """Top-level modules imported since ``before`` from installed distributions not in ``allowed``."""
+class ImportWatch:
+    """A ``sys.meta_path`` finder that finds nothing: it records which module first imported each
+    top-level module, so that an import the pack makes can be told from an optional one a
+    dependency makes of whatever happens to be installed (httpcore tries ``import trio``)."""
+
+    def __init__(self):
+        self.importer: dict[str, str] = {}
+
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top not in self.importer:
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code.co_filename.startswith("<frozen"):
+                frame = frame.f_back
+            self.importer[top] = frame.f_globals.get("__name__", "") if frame is not None else ""
+        return None
+
+
+def imported_outside(allowed: set[str], before: set[str], watch: ImportWatch, pack_name: str) -> dict[str, list[str]]:
+    """Top-level modules that the pack's own code imported since ``before`` from installed
+    distributions not in ``allowed``."""
     from importlib.metadata import packages_distributions
 
     owners = packages_distributions()
     outside = {}
     for name in sorted(m for m in sys.modules if "." not in m and m not in before):
+        if not watch.importer.get(name, "").startswith(pack_name):
+            continue
         dists = {d.lower().replace("_", "-") for d in owners.get(name, [])}
         if dists and not dists & allowed:
             outside[name] = sorted(dists)
@@ -146,6 +167,8 @@ def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
     forget_the_checkout()
     before = set(sys.modules)
+    watch = ImportWatch()
+    sys.meta_path.insert(0, watch)
     import os
 
     import torch
@@ -178,7 +201,7 @@ def main(argv: list[str]) -> int:
     lines = (Path(spec["pack"]) / "requirements.txt").read_text().splitlines()
     requirements = [line.split("#")[0] for line in lines if line.split("#")[0].strip()]
     report["imported_outside_requirements"] = imported_outside(
-        installed_closure(requirements + ["torch", "torchvision"]), before)
+        installed_closure(requirements + ["torch", "torchvision"]), before, watch, pack.__name__)
     Path(argv[2]).write_text(json.dumps(report, indent=1))
     return 0
 

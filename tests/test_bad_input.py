@@ -4,6 +4,7 @@ Every case here is one a user met (issue 11): each asserts the message a user no
 README's troubleshooting table quotes them) and, for the CLI, that it comes before any model ran.
 """
 
+import importlib
 import json
 import re
 import shutil
@@ -226,11 +227,14 @@ def test_cli_names_bad_input_in_one_line_before_any_model_runs(cli_setup, tmp_pa
     assert not out.is_file() or case == "out_dir"
 
 
-def test_cli_finds_a_missing_clip_tokenizer_before_segment_runs(cli_setup, tmp_path, capsys):
+def test_cli_finds_a_missing_clip_tokenizer_before_segment_runs(cli_setup, tmp_path, capsys, monkeypatch):
     from comboverse_ops.cli import main
+
+    from comboverse_ops.models import clip_vocab
 
     ckpt, _, tok, _ = save_tiny_sd(tmp_path / "checkpoints", "sd2", inpainting=True)
     shutil.rmtree(tok)
+    monkeypatch.setattr(clip_vocab, "packaged_bpe_file", lambda: None)  # as without open_clip_torch
     capsys.readouterr()
     code = main(["run", str(cli_setup["image"]), "--boxes", cli_setup["boxes"], "--models", str(cli_setup["models"]),
                  "--inpaint", str(ckpt), "--out", str(tmp_path / "scene.glb"), "--device", "cpu"])
@@ -250,10 +254,18 @@ def test_argparse_errors_are_one_line_with_status_2(capsys):
     from comboverse_ops.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main(["run", "picture.png"])
+        main(["run"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1
-    assert err[0] == "comboverse: error: the following arguments are required: --boxes (see: comboverse run --help)"
+    assert err[0] == "comboverse: error: the following arguments are required: image (see: comboverse run --help)"
+
+
+def test_run_without_boxes_or_a_detector_is_one_line_with_status_2(capsys):
+    from comboverse_ops.cli import main
+
+    assert main(["run", "picture.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("comboverse: error: --boxes: not given") and "--detect DIR" in err[0]
 
 
 def test_run_help_shows_the_defaults_of_numeric_flags(capsys):
@@ -324,6 +336,9 @@ def test_loader_nodes_refuse_damaged_files_when_comfyui_validates_the_prompt(tmp
     assert "model.ckpt is not a valid checkpoint" in load_lift.VALIDATE_INPUTS(ckpt_name="model.ckpt")
     sd, _, tok, _ = save_tiny_sd(models / "checkpoints", "sd2", inpainting=True)
     shutil.rmtree(tok)
+    # As without open_clip_torch: the nodes use the pack's own copy of the module (loaded as ComfyUI does).
+    clip_vocab = importlib.import_module(f"{pack.__name__}.comboverse_ops.models.clip_vocab")
+    monkeypatch.setattr(clip_vocab, "packaged_bpe_file", lambda: None)
     msg = node_class(pack, "loaders", "LoadInpaintModel").VALIDATE_INPUTS(ckpt_name=sd.name)
     assert msg.startswith("ComboVerse Load Inpaint Model: no CLIP tokenizer found")
     depth = models / "depth_anything" / "tiny"
