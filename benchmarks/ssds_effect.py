@@ -26,7 +26,9 @@ the reference, plus sweeps of full SSDS (with physics): 10 views, scales 7.5 and
 offsets ``(-30, 30)`` (a viewer-relative prior judges front/behind from views near the
 reference), and refine's ``ray`` parameterisation (moving an object along its viewing ray keeps
 its reference image, so the reference loss no longer resists a depth fix), reference only and
-full SSDS. ``--variants`` takes names, or the groups ``main``, ``sweeps``, ``core`` (10 variants
+full SSDS. Any variant also takes ``c C`` (relation-token reweighting instead of the kind's 1 or
+25) and ``guided P%`` (guidance in the first P% of the steps only, :attr:`RefineSettings.guidance_until`;
+the rest refine on the reference view and physics). ``--variants`` takes names, or the groups ``main``, ``sweeps``, ``core`` (10 variants
 that answer the issue's targets), ``all`` (default),
 separated by ``;`` (any combination can be named, e.g. ``"ssds+phys (10 views, scale 30, az
 -45..45, ray)"``).
@@ -42,7 +44,7 @@ the objects' pose parameters (translation, scale, rotation), over the first ``--
 steps: the diagnostic for "SSDS does nothing" (a tiny ratio means the reference terms drown it).
 
 Runs ``--workers`` processes (torch.multiprocessing, spawn), each with its own copy of the model
-on the device; a tiny 64-pixel prior leaves a GPU mostly idle per process, so many processes share
+on one of the visible GPUs (taken in turn); a tiny 64-pixel prior leaves a GPU mostly idle per process, so many processes share
 it. Rows go to ``<out>.jsonl`` as they finish; the table to ``--out`` (markdown) and stdout.
 """
 
@@ -101,6 +103,8 @@ class Variant:
     scale: float = 100.0
     azimuth: tuple[float, float] = (-90.0, 90.0)
     ray: bool = False  # refine's "ray" parameterisation: depth moves keep the reference image
+    reweight: float | None = None  # c, instead of the guidance kind's (1 or 25)
+    until: float = 1.0  # RefineSettings.guidance_until: share of the steps, from the first, with guidance
 
     @property
     def name(self) -> str:
@@ -114,6 +118,10 @@ class Variant:
             extra.append(f"scale {self.scale:g}")
         if tuple(self.azimuth) != (-90.0, 90.0):
             extra.append(f"az {self.azimuth[0]:g}..{self.azimuth[1]:g}")
+        if self.reweight is not None:
+            extra.append(f"c {self.reweight:g}")
+        if self.until != 1.0:
+            extra.append(f"guided {100 * self.until:g}%")
         return out + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -134,9 +142,14 @@ def parse_variant(name: str) -> Variant:
             v = replace(v, ray=True)
         elif (k := re.fullmatch(r"az (-?[\d.]+)\.\.(-?[\d.]+)", part)):
             v = replace(v, azimuth=(float(k.group(1)), float(k.group(2))))
+        elif (k := re.fullmatch(r"c ([\d.]+)", part)):
+            v = replace(v, reweight=float(k.group(1)))
+        elif (k := re.fullmatch(r"guided ([\d.]+)%", part)):
+            v = replace(v, until=float(k.group(1)) / 100)
         else:
             raise ValueError(f"variant {name!r}: unknown option {part!r}; expected 'N views', 'scale S', "
-                             "'az A..B' (degrees from the reference azimuth) or 'ray'")
+                             "'az A..B' (degrees from the reference azimuth), 'c C' (relation-token "
+                             "reweighting), 'guided P%' (guidance in the first P% of the steps) or 'ray'")
     return v
 
 
@@ -159,9 +172,15 @@ INIT = "init"
 _STATE: dict = {}
 
 
-def _init_worker(guidance: str | None, device: str, dtype: str, threads: int, scene_dir: str | None = None) -> None:
+def _init_worker(guidance: str | None, device: str, dtype: str, threads: int, scene_dir: str | None = None,
+                 counter=None) -> None:
     torch.set_num_threads(threads)
+    if counter is not None and device == "cuda" and torch.cuda.device_count() > 1:
+        with counter.get_lock():  # workers take the visible GPUs in turn
+            device, counter.value = f"cuda:{counter.value % torch.cuda.device_count()}", counter.value + 1
     _STATE["device"] = torch.device(device)
+    if _STATE["device"].type == "cuda":
+        torch.cuda.set_device(_STATE["device"])  # the rasterizer's context lives on the current device
     _STATE["scene_dir"] = scene_dir
     _STATE["model"] = None
     if guidance:
@@ -259,7 +278,7 @@ def _run(task) -> dict:
     v = parse_variant(name)
     weights = LossWeights() if v.physics else replace(LossWeights(), penetration=0.0, support=0.0)
     settings = RefineSettings(steps=opts["steps"], weights=weights, backend=opts["backend"], preview_every=0,
-                              parameterization="ray" if v.ray else "camera")
+                              parameterization="ray" if v.ray else "camera", guidance_until=v.until)
     targets = RefineTargets.from_masks(amb.image, amb.masks)
     probe = None
     if GUIDANCE[v.guidance] is not None:
@@ -273,7 +292,7 @@ def _run(task) -> dict:
         s = SSDSSettings(prompt=amb.caption, views=v.views, guidance_scale=v.scale,
                          view_sampling=ViewSampling(azimuth_offset_deg=tuple(v.azimuth)),
                          render_resolution=opts["render_res"] or native, seed=amb.seed, backend=opts["backend"],
-                         **GUIDANCE[v.guidance])
+                         **(GUIDANCE[v.guidance] | ({"reweight": v.reweight} if v.reweight is not None else {})))
         guidance = SSDSGuidance(model, s)
         probe = GradientProbe(guidance, targets, settings, opts["probe_steps"])
     result = refine_poses(start, targets, settings, guidance=probe)
@@ -389,6 +408,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--backend", default="auto", help="renderer backend (auto, torch, nvdiffrast)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                     help="worker processes (0: run in this process)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per worker; 0: the cores / workers")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "ssds_effect.md",
                     help="markdown table; per-scene rows go beside it as .jsonl")
     ap.add_argument("--from-jsonl", type=Path, nargs="+", default=None,
@@ -424,7 +444,7 @@ def main(argv=None) -> list[dict]:
                                  "of issue 12's prior (pass --guidance FOLDER, or --tiny for a random smoke-test model)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     workers = args.workers
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     opts = {"steps": args.steps, "backend": args.backend, "render_res": args.render_res, "points": args.points,
             "probe_steps": args.probe_steps, "set": args.set}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -451,8 +471,8 @@ def main(argv=None) -> list[dict]:
         import torch.multiprocessing as tmp
 
         scene_dir = tempfile.mkdtemp(prefix="ssds-effect-scenes-")
-        with tmp.get_context("spawn").Pool(workers, _init_worker,
-                                           (guidance, device, args.dtype, threads, scene_dir)) as pool:
+        ctx = tmp.get_context("spawn")
+        with ctx.Pool(workers, _init_worker, (guidance, device, args.dtype, threads, scene_dir, ctx.Value("i", 0))) as pool:
             pool.map(_prepare, sorted({t[:3] for t in tasks}), chunksize=1)
             print(f"{args.scenes} scenes made, {time.time() - t0:.0f} s", flush=True)
             collect(pool.imap_unordered(_run, tasks), len(tasks))

@@ -69,6 +69,11 @@ class RefineSettings:
     optimize_scale: bool = True
     optimize_rotation: bool = True
     weights: LossWeights = field(default_factory=LossWeights)
+    # Share of the steps, from the first, that add the guidance terms; the rest refine on the
+    # reference view and physics alone, so the reference fit lost to guidance is won back while
+    # what the reference view cannot see (depth order) stays where guidance put it. Choice:
+    # benchmarks/ssds_effect.py (docs/ssds_effect.md); 1.0 is the paper's every step.
+    guidance_until: float = 1.0
     preview_every: int = 25  # steps between preview renders passed to the callback
     backend: str = "auto"  # renderer backend
 
@@ -78,6 +83,8 @@ class RefineSettings:
         if self.steps < 0 or self.resolution < 8:
             raise ValueError(f"RefineSettings: steps must be >= 0 and resolution >= 8, got {self.steps}, "
                              f"{self.resolution}")
+        if not 0.0 <= self.guidance_until <= 1.0:
+            raise ValueError(f"guidance_until: expected a share of the steps in [0, 1], got {self.guidance_until}")
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,7 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
         params = _PoseParams(scene.poses, cam, settings.parameterization)
         opt = torch.optim.Adam(params.groups(settings))
         history = []
+        guided_steps = round(settings.guidance_until * settings.steps)
         for step in range(settings.steps):
             posed = scene.with_poses(params.poses())
             out = render_scene(posed, cam, backend=settings.backend, per_object=dist is not None, check=False)
@@ -244,7 +252,7 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
                 terms["penetration"] = penetration_loss(posed) / scene_depth2
             if "support" in weights and n > 1:
                 terms["support"] = support_loss(posed) / scene_depth2
-            if guidance is not None and "guidance" in weights:
+            if guidance is not None and "guidance" in weights and step < guided_steps:
                 for k, v in guidance(posed, step).items():
                     terms[f"guidance_{k}"] = v
             weighted = {k: weights["guidance" if k.startswith("guidance_") else k] * v for k, v in terms.items()}
