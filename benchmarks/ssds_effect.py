@@ -28,7 +28,9 @@ reference), and refine's ``ray`` parameterisation (moving an object along its vi
 its reference image, so the reference loss no longer resists a depth fix), reference only and
 full SSDS. Any variant also takes ``c C`` (relation-token reweighting instead of the kind's 1 or
 25) and ``guided P%`` (guidance in the first P% of the steps only, :attr:`RefineSettings.guidance_until`;
-the rest refine on the reference view and physics). ``--variants`` takes names, or the groups ``main``, ``sweeps``, ``core`` (10 variants
+the rest refine on the reference view and physics), and ``depth only`` (with ``ray``: the guidance
+moves only each object's depth along its viewing ray, :attr:`RefineSettings.guidance_moves`).
+``--variants`` takes names, or the groups ``main``, ``sweeps``, ``core`` (10 variants
 that answer the issue's targets), ``all`` (default),
 separated by ``;`` (any combination can be named, e.g. ``"ssds+phys (10 views, scale 30, az
 -45..45, ray)"``).
@@ -105,11 +107,12 @@ class Variant:
     ray: bool = False  # refine's "ray" parameterisation: depth moves keep the reference image
     reweight: float | None = None  # c, instead of the guidance kind's (1 or 25)
     until: float = 1.0  # RefineSettings.guidance_until: share of the steps, from the first, with guidance
+    depth_only: bool = False  # RefineSettings.guidance_moves = "depth" (needs ray): guidance moves depths only
 
     @property
     def name(self) -> str:
         out = self.guidance + ("+phys" if self.physics else "")
-        extra = ["ray"] if self.ray else []
+        extra = (["ray"] if self.ray else []) + (["depth only"] if self.depth_only else [])
         if self.guidance == "ref":
             return out + (f" ({', '.join(extra)})" if extra else "")
         if self.views != 4:
@@ -140,6 +143,8 @@ def parse_variant(name: str) -> Variant:
             v = replace(v, scale=float(k.group(1)))
         elif part == "ray":
             v = replace(v, ray=True)
+        elif part == "depth only":
+            v = replace(v, depth_only=True)
         elif (k := re.fullmatch(r"az (-?[\d.]+)\.\.(-?[\d.]+)", part)):
             v = replace(v, azimuth=(float(k.group(1)), float(k.group(2))))
         elif (k := re.fullmatch(r"c ([\d.]+)", part)):
@@ -149,7 +154,8 @@ def parse_variant(name: str) -> Variant:
         else:
             raise ValueError(f"variant {name!r}: unknown option {part!r}; expected 'N views', 'scale S', "
                              "'az A..B' (degrees from the reference azimuth), 'c C' (relation-token "
-                             "reweighting), 'guided P%' (guidance in the first P% of the steps) or 'ray'")
+                             "reweighting), 'guided P%' (guidance in the first P% of the steps), 'ray' or "
+                             "'depth only' (with 'ray': guidance moves only depths along viewing rays)")
     return v
 
 
@@ -179,7 +185,7 @@ def _init_worker(guidance: str | None, device: str, dtype: str, threads: int, sc
         with counter.get_lock():  # workers take the visible GPUs in turn
             device, counter.value = f"cuda:{counter.value % torch.cuda.device_count()}", counter.value + 1
     _STATE["device"] = torch.device(device)
-    if _STATE["device"].type == "cuda":
+    if _STATE["device"].type == "cuda" and _STATE["device"].index is not None:
         torch.cuda.set_device(_STATE["device"])  # the rasterizer's context lives on the current device
     _STATE["scene_dir"] = scene_dir
     _STATE["model"] = None
@@ -239,8 +245,17 @@ class GradientProbe:
             ref = self.w.ref_rgb * (r.rgb[0] - self.ref_rgb.to(dev)).abs().mean() + \
                 self.w.ref_alpha * (r.alpha[0] - self.alpha.to(dev)).abs().mean()
             inputs = [t for p in scene.poses for t in (p.translation, p.scale, p.rotation)]
-            g_ssds = torch.autograd.grad(self.w.guidance * out["ssds"], inputs, retain_graph=True, allow_unused=True)
-            g_ref = torch.autograd.grad(ref, inputs, retain_graph=True, allow_unused=True)
+            live = [k for k, t in enumerate(inputs) if t.requires_grad]  # "depth only": rotations are detached
+
+            def grad(loss):
+                gs = torch.autograd.grad(loss, [inputs[k] for k in live], retain_graph=True, allow_unused=True)
+                out_ = [None] * len(inputs)
+                for k, g in zip(live, gs):
+                    out_[k] = g
+                return out_
+
+            g_ssds = grad(self.w.guidance * out["ssds"])
+            g_ref = grad(ref)
 
             def norm(gs, which=None):
                 sel = [g for k, g in enumerate(gs) if g is not None and (which is None or k % 3 == which)]
@@ -278,7 +293,8 @@ def _run(task) -> dict:
     v = parse_variant(name)
     weights = LossWeights() if v.physics else replace(LossWeights(), penetration=0.0, support=0.0)
     settings = RefineSettings(steps=opts["steps"], weights=weights, backend=opts["backend"], preview_every=0,
-                              parameterization="ray" if v.ray else "camera", guidance_until=v.until)
+                              parameterization="ray" if v.ray else "camera", guidance_until=v.until,
+                              guidance_moves="depth" if v.depth_only else "all")
     targets = RefineTargets.from_masks(amb.image, amb.masks)
     probe = None
     if GUIDANCE[v.guidance] is not None:

@@ -39,6 +39,7 @@ from .scene import Scene
 __all__ = ["LossWeights", "RefineSettings", "RefineTargets", "RefineResult", "refine_poses", "PARAMETERIZATIONS"]
 
 PARAMETERIZATIONS = ("camera", "ray")
+GUIDANCE_MOVES = ("all", "depth")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class RefineSettings:
     # what the reference view cannot see (depth order) stays where guidance put it. Choice:
     # benchmarks/ssds_effect.py (docs/ssds_effect.md); 1.0 is the paper's every step.
     guidance_until: float = 1.0
+    # What the guidance may move: "all" pose parameters (paper), or "depth": only each object's
+    # depth along its viewing ray (with the "ray" parameterisation, the one change the reference
+    # view cannot see), so guidance decides what the reference leaves open and costs no reference fit.
+    guidance_moves: str = "all"
     preview_every: int = 25  # steps between preview renders passed to the callback
     backend: str = "auto"  # renderer backend
 
@@ -83,6 +88,11 @@ class RefineSettings:
         if self.steps < 0 or self.resolution < 8:
             raise ValueError(f"RefineSettings: steps must be >= 0 and resolution >= 8, got {self.steps}, "
                              f"{self.resolution}")
+        if self.guidance_moves not in GUIDANCE_MOVES:
+            raise ValueError(f"guidance_moves: expected one of {GUIDANCE_MOVES}, got {self.guidance_moves!r}")
+        if self.guidance_moves == "depth" and self.parameterization != "ray":
+            raise ValueError("guidance_moves='depth' needs parameterization='ray' (only there does a depth move "
+                             f"keep the reference image); got parameterization={self.parameterization!r}")
         if not 0.0 <= self.guidance_until <= 1.0:
             raise ValueError(f"guidance_until: expected a share of the steps in [0, 1], got {self.guidance_until}")
 
@@ -159,16 +169,19 @@ class _PoseParams:
             g.append({"params": [self.rotation], "lr": s.lr_rotation})
         return g
 
-    def poses(self) -> list[Pose]:
+    def poses(self, depth_only: bool = False) -> list[Pose]:
+        """The poses; ``depth_only``: gradients reach only the depth parameter (the others detached)."""
+        xy, size, rotation = (self.xy.detach(), self.size.detach(), self.rotation.detach()) if depth_only else \
+            (self.xy, self.size, self.rotation)
         if self.kind == "ray":
             depth = (self.depth - self.depth.mean() + self.mean_log_depth).exp()
-            cam = torch.cat([self.xy * depth, -depth], 1)
-            scale = self.size.exp() * depth
+            cam = torch.cat([xy * depth, -depth], 1)
+            scale = size.exp() * depth
         else:
-            cam = torch.cat([self.xy, self.depth], 1)
-            scale = self.size
+            cam = torch.cat([xy, self.depth], 1)
+            scale = size
         t = cam @ self.c2w[:3, :3].T + self.c2w[:3, 3]
-        return [Pose(scale[i], self.rotation[i], t[i]) for i in range(t.shape[0])]
+        return [Pose(scale[i], rotation[i], t[i]) for i in range(t.shape[0])]
 
 
 def _resize_hw(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -253,7 +266,9 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
             if "support" in weights and n > 1:
                 terms["support"] = support_loss(posed) / scene_depth2
             if guidance is not None and "guidance" in weights and step < guided_steps:
-                for k, v in guidance(posed, step).items():
+                guided = scene.with_poses(params.poses(depth_only=True)) if settings.guidance_moves == "depth" \
+                    else posed
+                for k, v in guidance(guided, step).items():
                     terms[f"guidance_{k}"] = v
             weighted = {k: weights["guidance" if k.startswith("guidance_") else k] * v for k, v in terms.items()}
             total = sum(weighted.values())
