@@ -28,8 +28,8 @@ reference), and refine's ``ray`` parameterisation (moving an object along its vi
 its reference image, so the reference loss no longer resists a depth fix), reference only and
 full SSDS. Any variant also takes ``c C`` (relation-token reweighting instead of the kind's 1 or
 25) and ``guided P%`` (guidance in the first P% of the steps only, :attr:`RefineSettings.guidance_until`;
-the rest refine on the reference view and physics), and ``depth only`` (with ``ray``: the guidance
-moves only each object's depth along its viewing ray, :attr:`RefineSettings.guidance_moves`).
+the rest refine on the reference view and physics), and ``depth only`` (the guidance moves each object only along
+its viewing ray, position and size together, :attr:`RefineSettings.guidance_moves`).
 ``--variants`` takes names, or the groups ``main``, ``sweeps``, ``core`` (10 variants
 that answer the issue's targets), ``all`` (default),
 separated by ``;`` (any combination can be named, e.g. ``"ssds+phys (10 views, scale 30, az
@@ -107,7 +107,7 @@ class Variant:
     ray: bool = False  # refine's "ray" parameterisation: depth moves keep the reference image
     reweight: float | None = None  # c, instead of the guidance kind's (1 or 25)
     until: float = 1.0  # RefineSettings.guidance_until: share of the steps, from the first, with guidance
-    depth_only: bool = False  # RefineSettings.guidance_moves = "depth" (needs ray): guidance moves depths only
+    depth_only: bool = False  # RefineSettings.guidance_moves = "depth": guidance moves along viewing rays only
 
     @property
     def name(self) -> str:
@@ -155,7 +155,7 @@ def parse_variant(name: str) -> Variant:
             raise ValueError(f"variant {name!r}: unknown option {part!r}; expected 'N views', 'scale S', "
                              "'az A..B' (degrees from the reference azimuth), 'c C' (relation-token "
                              "reweighting), 'guided P%' (guidance in the first P% of the steps), 'ray' or "
-                             "'depth only' (with 'ray': guidance moves only depths along viewing rays)")
+                             "'depth only' (guidance moves objects only along their viewing rays)")
     return v
 
 

@@ -203,3 +203,59 @@ def test_refinement_runs_under_comfyui_inference_mode(observed):
                               RefineSettings(steps=3, resolution=32))
     assert len(result.history) == 3 and all(torch.isfinite(torch.tensor(list(h.values()))).all()
                                             for h in result.history)
+
+
+def test_guidance_restricted_to_depth_moves_objects_only_along_their_viewing_rays(observed):
+    # A stand-in guidance pulls the first object towards a point off its viewing ray. With
+    # guidance_moves="depth" it may only slide along the ray (the move the reference view cannot
+    # see: direction from the camera, size over distance and rotation stay); with "all" it leaves it.
+    proc, obs, layout, _ = observed
+    start = proc.scene.with_poses(init_poses([o.mesh for o in proc.scene.objects], layout, proc.camera))
+    eye = proc.camera.c2w[0, :3, 3]
+    t0 = start.poses[0].translation
+    goal = eye + 0.5 * (t0 - eye) + torch.tensor([0.3, 0.2, 0.0])  # nearer, and off the ray
+    calls = []
+
+    def guidance(scene, step):
+        calls.append(step)
+        return {"pull": (scene.objects[0].pose.translation - goal).square().sum()}
+
+    only_guidance = LossWeights(ref_rgb=0.0, ref_alpha=0.0, penetration=0.0, support=0.0, guidance=1.0)
+    targets = RefineTargets.from_masks(obs.image, obs.masks)
+
+    def run(moves):
+        settings = RefineSettings(steps=40, resolution=48, weights=only_guidance, parameterization="ray",
+                                  guidance_moves=moves, lr=0.01, lr_depth=0.05, preview_every=0)
+        return refine_poses(start, targets, settings, guidance=guidance).scene
+
+    def ray_view(pose):  # (unit direction from the camera, size / distance)
+        off = pose.translation - eye
+        return off / off.norm(), pose.scale / off.norm()
+
+    along = run("depth")
+    for before, after in zip(start.poses, along.poses):
+        (d0, s0), (d1, s1) = ray_view(before), ray_view(after)
+        torch.testing.assert_close(d1, d0, atol=1e-4, rtol=0)
+        torch.testing.assert_close(s1, s0, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(after.rotation, before.rotation)
+    moved = (along.poses[0].translation - eye).norm() / (t0 - eye).norm()
+    assert moved < 0.8, f"the object should come nearer along its ray, distance ratio {float(moved):.3f}"
+    free = run("all")
+    d_free, _ = ray_view(free.poses[0])
+    assert float((d_free - ray_view(start.poses[0])[0]).norm()) > 1e-2  # unrestricted, it leaves the ray
+
+
+def test_guidance_until_applies_guidance_in_the_first_share_of_the_steps_only(observed):
+    proc, obs, layout, _ = observed
+    start = proc.scene.with_poses(init_poses([o.mesh for o in proc.scene.objects], layout, proc.camera))
+    steps = []
+    refine_poses(start, RefineTargets.from_masks(obs.image, obs.masks),
+                 RefineSettings(steps=10, resolution=32, guidance_until=0.3, preview_every=0),
+                 guidance=lambda scene, step: steps.append(step) or {"zero": scene.poses[0].scale.sum() * 0})
+    assert steps == [0, 1, 2]
+    with pytest.raises(ValueError, match="guidance_until"):
+        RefineSettings(guidance_until=1.5)
+    with pytest.raises(ValueError, match="guidance_moves"):
+        RefineSettings(guidance_moves="rotation")
+    with pytest.raises(ValueError, match="needs parameterization='ray'"):
+        RefineSettings(guidance_moves="depth", parameterization="camera")
