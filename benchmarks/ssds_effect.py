@@ -433,6 +433,8 @@ def main(argv=None) -> list[dict]:
     t0 = time.time()
     if args.from_jsonl:
         rows = [json.loads(line) for f in args.from_jsonl for line in f.read_text().splitlines() if line.strip()]
+        # Runs over the same scenes each hold an "init" row per scene (and may repeat a variant): keep one.
+        rows = list({(r["set"], r["seed"], r["variant"]): r for r in rows}.values())
         # Only scenes that every variant finished (a run cut short leaves some scenes part-done).
         variants = {r["variant"] for r in rows}
         done = {}
