@@ -59,17 +59,32 @@ def test_benchmark_runs_end_to_end_on_the_cpu(tmp_path):
     prior = save_tiny_sd_folder(tmp_path / "prior")
     out = tmp_path / "ssds_effect.md"
     rows = _benchmark().main(["--guidance", str(prior), "--set", "tune", "--scenes", "2", "--steps", "2",
-                              "--variants", "ref,ssds+phys", "--workers", "0", "--size", "48", "--points", "256",
+                              "--variants", "ref;ssds+phys;sds-high+phys (ray, depth only, c 3, guided 50%)",
+                              "--workers", "0", "--size", "48", "--points", "256",
                               "--probe-steps", "2", "--device", "cpu", "--out", str(out)])
-    assert len(rows) == 6 and {r["variant"] for r in rows} == {"init", "ref", "ssds+phys"}
+    named = "sds-high+phys (ray, depth only, c 3, guided 50%)"
+    assert len(rows) == 8 and {r["variant"] for r in rows} == {"init", "ref", "ssds+phys", named}
     saved = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
-    assert len(saved) == 6
+    assert len(saved) == 8
     keys = {"relation", "translation", "translation_aligned", "box3d_iou", "novel_mask_iou", "ref_mask_iou",
             "chamfer", "fscore", "adds"}
     assert all(keys <= set(r) for r in saved)
     assert all(r["relation"] == 0.0 for r in saved if r["variant"] == "init")  # every start breaks its caption
-    guided = [r for r in saved if r["variant"] == "ssds+phys"]
-    assert all(len(r["grad_ratio"]) == 2 and all(x > 0 for x in r["grad_ratio"]) for r in guided)
+    # Probed at every guided step: both of 2 steps, or the first only when guided 50% of them.
+    for variant, probed in (("ssds+phys", 2), (named, 1)):
+        guided = [r for r in saved if r["variant"] == variant]
+        assert all(len(r["grad_ratio"]) == probed and all(x > 0 for x in r["grad_ratio"]) for r in guided)
     table = out.read_text()
     assert "| ref | 2 |" in table and "no guidance 86.62 / 75.24" in table and "| ssds+phys | 2 |" in table
     assert "relation satisfied" in table and "ADD-S@0.1" in table
+
+
+def test_variant_names_round_trip_and_bad_options_are_named():
+    bench = _benchmark()
+    name = "ssds+phys (ray, depth only, 10 views, scale 30, az -30..30, c 3, guided 50%)"
+    v = bench.parse_variant(name)
+    assert (v.guidance, v.physics, v.ray, v.depth_only, v.views, v.scale, v.azimuth, v.reweight, v.until) == \
+        ("ssds", True, True, True, 10, 30.0, (-30.0, 30.0), 3.0, 0.5)
+    assert v.name == name
+    with pytest.raises(ValueError, match="unknown option 'sideways'"):
+        bench.parse_variant("sds (sideways)")
