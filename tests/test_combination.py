@@ -8,7 +8,7 @@ import torch
 from comboverse_ops import Pose, Scene, SceneObject
 from comboverse_ops.init_pose import InitSettings, depth_from_image, init_poses
 from comboverse_ops.layout import Layout, parse_boxes
-from comboverse_ops.metrics import pose_errors, scene_extent
+from comboverse_ops.metrics import pose_errors
 from comboverse_ops.physics import interpenetration_volume, penetration_loss, support_loss
 from comboverse_ops.primitives import make_primitive
 from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
