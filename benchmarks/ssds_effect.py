@@ -46,7 +46,8 @@ the objects' pose parameters (translation, scale, rotation), over the first ``--
 steps: the diagnostic for "SSDS does nothing" (a tiny ratio means the reference terms drown it).
 
 Runs ``--workers`` processes (torch.multiprocessing, spawn), each with its own copy of the model
-on one of the visible GPUs (taken in turn); a tiny 64-pixel prior leaves a GPU mostly idle per process, so many processes share
+on one of the visible GPUs (taken in turn); a tiny 64-pixel prior leaves a GPU mostly idle per
+process, so many processes share
 it. Rows go to ``<out>.jsonl`` as they finish; the table to ``--out`` (markdown) and stdout.
 """
 
@@ -311,7 +312,11 @@ def _run(task) -> dict:
                          **(GUIDANCE[v.guidance] | ({"reweight": v.reweight} if v.reweight is not None else {})))
         guidance = SSDSGuidance(model, s)
         probe = GradientProbe(guidance, targets, settings, opts["probe_steps"])
-    result = refine_poses(start, targets, settings, guidance=probe)
+    try:
+        result = refine_poses(start, targets, settings, guidance=probe)
+    finally:
+        if probe is not None:
+            probe.guidance.close()  # the worker's model serves the next variant as it was
     # Refine only (model set-up included, metrics not); CPU seconds tell the cost on a busy machine.
     row |= {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
     row |= _metrics(result.scene, amb, novel, opts["points"])
@@ -490,7 +495,8 @@ def main(argv=None) -> list[dict]:
 
         scene_dir = tempfile.mkdtemp(prefix="ssds-effect-scenes-")
         ctx = tmp.get_context("spawn")
-        with ctx.Pool(workers, _init_worker, (guidance, device, args.dtype, threads, scene_dir, ctx.Value("i", 0))) as pool:
+        init_args = (guidance, device, args.dtype, threads, scene_dir, ctx.Value("i", 0))
+        with ctx.Pool(workers, _init_worker, init_args) as pool:
             pool.map(_prepare, sorted({t[:3] for t in tasks}), chunksize=1)
             print(f"{args.scenes} scenes made, {time.time() - t0:.0f} s", flush=True)
             collect(pool.imap_unordered(_run, tasks), len(tasks))

@@ -68,12 +68,13 @@ def run_ssds_demo(out_dir: str | Path, *, steps: int = 200, device: str = "cpu",
                                             view_sampling=ViewSampling(azimuth_offset_deg=DEMO_AZIMUTH),
                                             **DEMO_GUIDANCE))
     results, seconds = {}, {}
-    for name, guidance in (("reference only", None), ("with SSDS", ssds)):
-        t = time.perf_counter()
-        bar = _ProgressBar(f"refine, {name}", steps, log)
-        results[name] = refine_poses(start, targets, settings, callback=bar, guidance=guidance).scene
-        bar.close()
-        seconds[name] = round(time.perf_counter() - t, 2)
+    with ssds:
+        for name, guidance in (("reference only", None), ("with SSDS", ssds)):
+            t = time.perf_counter()
+            bar = _ProgressBar(f"refine, {name}", steps, log)
+            results[name] = refine_poses(start, targets, settings, callback=bar, guidance=guidance).scene
+            bar.close()
+            seconds[name] = round(time.perf_counter() - t, 2)
     novel = novel_cameras(amb.truth, 4).to(dev)
     scenes = {"truth": truth, "start": start, **results}
     holds = {k: amb.holds(s) for k, s in scenes.items()}

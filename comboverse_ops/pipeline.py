@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -449,13 +449,16 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     rs = replace(inputs.refine, weights=replace(inputs.refine.weights, guidance=s.ssds_weight if use_ssds else 0.0))
     rgb, _ = source_rgb(image)
     cb = bar("refine", max(1, rs.steps))
-    result = refine_poses(start, RefineTargets.from_masks(rgb, layout.masks.float()), rs, callback=cb,
-                          guidance=guidance)
+    try:
+        result = refine_poses(start, RefineTargets.from_masks(rgb, layout.masks.float()), rs, callback=cb,
+                              guidance=guidance)
+    except BaseException:
+        if guidance is not None:
+            guidance.close()
+        raise
     close(cb)
     if gmodel is not None:
-        from .attention import remove_spatial_attention
-
-        remove_spatial_attention(gmodel.unet)  # the cached model goes back to stock attention
+        guidance.close()  # the cached model goes back as it was (attention processors, tensors)
         _offload(gmodel)
     del guidance, gmodel
     timings["refine"] = time.perf_counter() - t

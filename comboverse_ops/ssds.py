@@ -160,26 +160,40 @@ def sds_loss(latents: torch.Tensor, eps_pred: torch.Tensor, noise: torch.Tensor,
     return 0.5 * F.mse_loss(latents.float(), target, reduction="sum") / latents.shape[0]
 
 
-def _normal_tensors(module: torch.nn.Module) -> None:
+def _normal_tensors(module: torch.nn.Module) -> list[tuple[dict, str, torch.Tensor]]:
     """Replace inference-mode weights (ComfyUI loads under ``torch.inference_mode()``) by normal,
-    frozen copies, so that autograd may save them for the backward pass to the input."""
+    frozen copies, so that autograd may save them for the backward pass to the input.
+
+    Returns ``(dict, name, original)`` for every tensor replaced, to put the originals back."""
+    swapped = []
     with torch.inference_mode(False):
         for m in module.modules():
             for name, p in list(m._parameters.items()):
                 if p is not None and p.is_inference():
+                    swapped.append((m._parameters, name, p))
                     m._parameters[name] = torch.nn.Parameter(p.detach().clone(), requires_grad=False)
             for name, b in list(m._buffers.items()):
                 if b is not None and b.is_inference():
+                    swapped.append((m._buffers, name, b))
                     m._buffers[name] = b.clone()
+    return swapped
 
 
 class SSDSGuidance:
     """``guidance(scene, step) -> {"ssds": loss}`` for :func:`.refine.refine_poses` (module doc).
 
+    While it lives, the model is prepared for it: weights frozen, the cross-attention processors
+    matching ``settings.layer_filter`` replaced by the spatial-token processor (stock-equivalent
+    while no weights are set), and the VAE's inference-mode tensors by normal copies. The model
+    is usually shared (ComfyUI's cache, the CLI's), so use it as a context manager, or call
+    :meth:`close`: that gives the model back as it was found (processors, ``requires_grad``
+    flags and tensors)::
+
+        with SSDSGuidance(model, settings) as guidance:
+            refine_poses(scene, targets, refine_settings, guidance=guidance)
+
     Args:
-        model: a text-to-image :class:`~.models.sd.SDModel` (4-channel UNet). Its weights are
-            frozen; the cross-attention processors matching ``settings.layer_filter`` are replaced
-            by the spatial-token processor (stock-equivalent while no weights are set).
+        model: a text-to-image :class:`~.models.sd.SDModel` (4-channel UNet).
         settings: :class:`SSDSSettings`.
     """
 
@@ -191,30 +205,57 @@ class SSDSGuidance:
         self.model, self.settings = model, settings
         self.device = model.device
         self.dtype = model.dtype
-        with torch.inference_mode(False):
-            model.modules().requires_grad_(False)
-            _normal_tensors(model.vae)  # the encoder must be usable with gradients flowing to its input
-            self.prompt: SpatialPrompt = parse_spatial_prompt(settings.prompt, model.tokenizer, settings.reweight,
-                                                              auto=settings.auto_relation_words, what="prompt")
-            uncond = model.tokenizer("", padding="max_length", max_length=self.prompt.input_ids.shape[0],
-                                     truncation=True, return_tensors="pt").input_ids
-            ids = torch.cat([uncond, self.prompt.input_ids[None]]).to(self.device)
-            with torch.no_grad():
-                emb = model.text_encoder(ids)[0]
-            self.uncond_emb, self.cond_emb = emb[:1].to(self.dtype).clone(), emb[1:].to(self.dtype).clone()
-            self.alphas_cumprod = _alphas_cumprod(model.scheduler_config).to(self.device)
-        self.num_train_timesteps = int(self.alphas_cumprod.shape[0])
-        self.prediction_type = model.scheduler_config.get("prediction_type", "epsilon")
-        self.token_state = TokenWeights(renormalize=settings.renormalize)
-        self.plain = settings.reweight == 1.0 and not any(p.factor != 1.0 for p in self.prompt.phrases)
-        if self.plain:
-            remove_spatial_attention(model.unet)
-            self.layers: list[str] = []
-        else:
-            self.layers = install_spatial_attention(model.unet, self.token_state, settings.layer_filter)
-        vae_factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
-        self.model_resolution = settings.model_resolution or int(model.unet.config.sample_size) * vae_factor
-        self.generator = torch.Generator().manual_seed(int(settings.seed))
+        modules = model.modules()
+        self._grad_flags = [(p, p.requires_grad) for p in modules.parameters()]
+        self._processors = dict(model.unet.attn_processors)
+        self._swapped: list = []
+        try:
+            with torch.inference_mode(False):
+                modules.requires_grad_(False)
+                # the encoder must be usable with gradients flowing to its input
+                self._swapped = _normal_tensors(model.vae)
+                self.prompt: SpatialPrompt = parse_spatial_prompt(settings.prompt, model.tokenizer, settings.reweight,
+                                                                  auto=settings.auto_relation_words, what="prompt")
+                uncond = model.tokenizer("", padding="max_length", max_length=self.prompt.input_ids.shape[0],
+                                         truncation=True, return_tensors="pt").input_ids
+                ids = torch.cat([uncond, self.prompt.input_ids[None]]).to(self.device)
+                with torch.no_grad():
+                    emb = model.text_encoder(ids)[0]
+                self.uncond_emb, self.cond_emb = emb[:1].to(self.dtype).clone(), emb[1:].to(self.dtype).clone()
+                self.alphas_cumprod = _alphas_cumprod(model.scheduler_config).to(self.device)
+            self.num_train_timesteps = int(self.alphas_cumprod.shape[0])
+            self.prediction_type = model.scheduler_config.get("prediction_type", "epsilon")
+            self.token_state = TokenWeights(renormalize=settings.renormalize)
+            self.plain = settings.reweight == 1.0 and not any(p.factor != 1.0 for p in self.prompt.phrases)
+            if self.plain:
+                remove_spatial_attention(model.unet)
+                self.layers: list[str] = []
+            else:
+                self.layers = install_spatial_attention(model.unet, self.token_state, settings.layer_filter)
+            vae_factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
+            self.model_resolution = settings.model_resolution or int(model.unet.config.sample_size) * vae_factor
+            self.generator = torch.Generator().manual_seed(int(settings.seed))
+        except BaseException:  # a bad prompt or layer filter: the model goes back as it was
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Give the model back as it was found (class doc). Idempotent."""
+        if self._processors is None:
+            return
+        self.model.unet.set_attn_processor(self._processors)
+        for holder, name, original in reversed(self._swapped):
+            holder[name] = original
+        for p, flag in self._grad_flags:
+            if not p.is_inference():  # inference tensors cannot change flags, and never had them set
+                p.requires_grad_(flag)
+        self._processors, self._swapped, self._grad_flags = None, [], []
+
+    def __enter__(self) -> "SSDSGuidance":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------------------------------------
 

@@ -217,7 +217,11 @@ class SSDSRefine:
                 guidance = SSDSGuidance(guidance_model, ssds)
             except ValueError as e:
                 raise ValueError(f"ComboVerse SSDSRefine: {e}") from None
-        result = refine_poses(scene, RefineTargets.from_masks(image, masks.float()), settings,
-                              callback=Progress(max(1, steps)), guidance=guidance)
+        try:
+            result = refine_poses(scene, RefineTargets.from_masks(image, masks.float()), settings,
+                                  callback=Progress(max(1, steps)), guidance=guidance)
+        finally:
+            if guidance is not None:
+                guidance.close()  # ComfyUI's cached model goes back as it was found
         final = result.scene if out_device is None else result.scene.to(out_device)
         return (final, _preview(final))

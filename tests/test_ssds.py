@@ -197,3 +197,37 @@ def test_the_guidance_loader_refuses_other_models_with_what_they_are(pack, tiny,
             loader().load(str(p))
     with pytest.raises(FileNotFoundError, match="Load Guidance Model.*models/checkpoints"):
         loader().load("no-such-model.safetensors")
+
+
+def test_the_refine_node_gives_comfyuis_cached_model_back_as_it_found_it(pack, tiny, observed):
+    # The guidance model is shared (ComfyUI's cache): after SSDSRefine, the next node that uses it
+    # (a KSampler, another refine) must find the same attention processors, tensors and flags.
+    from comboverse_ops.models import MODEL_CACHE
+
+    start, obs, layout = observed
+    path, cfg = tiny["text2img"]
+    MODEL_CACHE.clear()
+    with torch.inference_mode():  # ComfyUI loads and runs every node in inference mode
+        (m,) = node_class(pack, "guidance", "LoadGuidanceModel")().load(str(path), config_dir=str(cfg))
+    processors = dict(m.unet.attn_processors)
+    tensors = {k: t for k, t in m.modules().state_dict(keep_vars=True).items()}
+    flags = {k: t.requires_grad for k, t in tensors.items()}
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    emb = torch.randn(1, 77, m.text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        before = m.unet(x, torch.tensor([500]), encoder_hidden_states=emb).sample
+        node_class(pack, "combine", "SSDSRefine")().refine(start, obs.image[None], layout, 2, "ray", 1000.0, 1e5,
+                                                           1e4, 32, "torch", guidance_model=m, prompt=PROMPT,
+                                                           views_per_step=2, ssds_resolution=64)
+        after = m.unet(x, torch.tensor([500]), encoder_hidden_states=emb).sample
+    assert all(m.unet.attn_processors[k] is p for k, p in processors.items())
+    now = m.modules().state_dict(keep_vars=True)
+    assert all(now[k] is t for k, t in tensors.items()), "the VAE's tensors were swapped and not put back"
+    assert {k: t.requires_grad for k, t in now.items()} == flags
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    # A guidance that fails while it is being set up (a layer filter matching nothing) changes nothing either.
+    with pytest.raises(ValueError, match="layer filter"):
+        SSDSGuidance(m, SSDSSettings(**{**FAST, "layer_filter": "no_such_layer"}))
+    assert all(m.unet.attn_processors[k] is p for k, p in processors.items())
+    assert all(m.modules().state_dict(keep_vars=True)[k] is t for k, t in tensors.items())
+    MODEL_CACHE.clear()
