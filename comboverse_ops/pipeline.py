@@ -37,6 +37,7 @@ import torch
 
 from .detect import DetectSettings
 from .images import load_image_hwc  # re-exported: the CLI's picture loader
+from .models.precision import model_dtype
 
 __all__ = ["PipelineSettings", "PipelineInputs", "check_inputs", "run_pipeline", "find_models", "load_image_hwc"]
 
@@ -347,7 +348,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
 
         t = time.perf_counter()
         log(f"Detect: {s.detect}")
-        detector = load_detector(s.detect, device=device).to(device)
+        detector = load_detector(s.detect, device=device, dtype=model_dtype("auto", device)).to(device)
         found = detect_phrases(detector, image.to(device), phrases,
                                DetectSettings(threshold=s.detect_threshold), what="--detect")
         models_used["detect"] = {"kind": f"{detector.model_type} (open-vocabulary detector)", "file": str(s.detect)}
@@ -401,7 +402,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     # 3. Lift3D ---------------------------------------------------------------------------------
     t = time.perf_counter()
     log(f"Lift3D: TripoSR {files['lift3d']}")
-    tsr = load_triposr(files["lift3d"], device=device).to(device)
+    tsr = load_triposr(files["lift3d"], device=device, dtype=model_dtype("auto", device)).to(device)
     models_used["lift3d"] = {"kind": "TripoSR", "file": str(files["lift3d"]), "config": str(tsr.config)}
     cb = bar("lift3d", len(layout))
     names = [(p.strip().replace(" ", "_") or f"object_{i}") for i, p in enumerate(layout.phrases)]
@@ -420,7 +421,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
         from .depth import estimate_disparity, load_depth_model
         log(f"InitPose: depth from Depth Anything {s.depth}")
         dmodel = load_depth_model(s.depth, device=device,
-                                  dtype=torch.float16 if device.type == "cuda" else torch.float32).to(device)
+                                  dtype=model_dtype("auto", device)).to(device)
         disparity = estimate_disparity(dmodel, image.to(device))  # [H, W] in [0, 1], 1 = near
         models_used["depth"] = {"kind": "Depth Anything (relative disparity)", "file": str(s.depth)}
         _offload(dmodel)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..comboverse_ops.models.precision import model_dtype
 from . import host
 
 DEPTH_MODEL = "COMBOVERSE_DEPTH_MODEL"  # comboverse_ops.depth.DepthModel
@@ -93,7 +94,7 @@ class LoadDepthModel:
 
         folder = resolve_depth_folder(model_folder)
         load_device, offload = host.model_devices()
-        dtype = torch.float16 if load_device.type == "cuda" else torch.float32
+        dtype = model_dtype("auto", load_device)
         try:
             return (load_depth_model(folder, device=offload, dtype=dtype),)
         except (FileNotFoundError, ValueError) as e:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from ..comboverse_ops.models.precision import model_dtype
 from . import host
 from .segment import single_image
 
@@ -36,7 +35,7 @@ class LoadDetector:
 
         folder = host.resolve_model_folder(DETECTOR_FOLDER, model_folder, _LOADER, _WHAT)
         load_device, offload = host.model_devices()
-        dtype = torch.float16 if load_device.type == "cuda" else torch.float32
+        dtype = model_dtype("auto", load_device)
         try:
             return (load_detector(folder, device=offload, dtype=dtype),)
         except (FileNotFoundError, ValueError) as e:

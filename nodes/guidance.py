@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from ..comboverse_ops.models.precision import model_dtype
 from . import host
 from .host import GUIDANCE_MODEL
 
@@ -58,11 +57,7 @@ class LoadGuidanceModel:
 
         path = host.resolve_sd_model(ckpt_name, NODE_NAME)
         load_device, offload = host.model_devices()
-        gpu = load_device.type != "cpu"
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(
-            precision, torch.float16 if gpu else torch.float32)
-        if not gpu and dtype != torch.float32:
-            dtype = torch.float32  # half precision convolutions on the CPU are slow or missing
+        dtype = model_dtype(precision, load_device, f"{NODE_NAME}: precision")
         model = load_sd_model(path, expect="text2img", device=offload, dtype=dtype,
                               config_dir=Path(config_dir.strip()) if config_dir and config_dir.strip() else None,
                               tokenizer_dirs=host.clip_tokenizer_dirs(), what=NODE_NAME)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..comboverse_ops.lift3d.frames import AXES
+from ..comboverse_ops.models.precision import model_dtype
 from . import host
 from .host import LIFT3D_MODEL, MESHES
 
@@ -19,10 +20,8 @@ _APPEND_TIP = ("Optional: object meshes made by other nodes; these objects are a
 
 
 def _dtype(precision: str) -> torch.dtype:
-    if precision == "auto":
-        load_device, _ = host.model_devices()
-        return torch.float16 if load_device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    load_device, _ = host.model_devices()
+    return model_dtype(precision, load_device, "ComboVerse Load Lift3D Model: precision")
 
 
 class LoadLift3DModel:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from ..comboverse_ops.models.precision import model_dtype
 from . import host
 from .host import INPAINT_MODEL, SAM_MODEL
 
@@ -88,7 +87,7 @@ class LoadInpaintModel:
 
         path = host.resolve_sd_model(ckpt_name, "ComboVerse Load Inpaint Model")
         load_device, offload = host.model_devices()
-        dtype = torch.float16 if load_device.type == "cuda" else torch.float32
+        dtype = model_dtype("auto", load_device)
         model = load_sd_model(path, expect="inpainting", device=offload, dtype=dtype,
                               config_dir=Path(config_dir.strip()) if config_dir and config_dir.strip() else None,
                               tokenizer_dirs=host.clip_tokenizer_dirs(), what="ComboVerse Load Inpaint Model")

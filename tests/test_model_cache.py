@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import pytest
 import torch
 
 from comboverse_ops.models import ModelCache, ModelKey
@@ -44,3 +47,27 @@ def test_offload_moves_models_away_and_get_brings_them_back():
     assert model.moves == ["cpu"] and kept.moves == []
     # Its parameters are on the CPU, its key says cuda:0: the next get moves it back.
     assert cache.get(key, lambda: None) is model and model.moves == ["cpu", "cuda:0"]
+
+
+def test_one_precision_policy_for_every_loader_and_the_cli():
+    # Every loader node and `comboverse run` ask this one function, so a workflow and the CLI run each
+    # network in the same dtype on the same device (before, the CLI ran TripoSR in fp32 on a GPU
+    # while the node ran it in fp16).
+    import inspect
+
+    from comboverse_ops.models.precision import model_dtype
+
+    assert model_dtype("auto", "cuda") == torch.float16 and model_dtype("auto", "cpu") == torch.float32
+    assert model_dtype("bf16", "cpu") == torch.bfloat16 and model_dtype("fp32", "cuda") == torch.float32
+    with pytest.raises(ValueError, match="Load Lift3D Model: precision: fp16 on the CPU"):
+        model_dtype("fp16", "cpu", "Load Lift3D Model: precision")
+    with pytest.raises(ValueError, match=r"expected one of \('auto'"):
+        model_dtype("half", "cuda")
+    root = Path(__file__).resolve().parents[1]
+    for path in [*root.glob("nodes/*.py"), *root.glob("comboverse_ops/**/*.py")]:
+        text = path.read_text()
+        if path.name != "precision.py":
+            assert "torch.float16 if" not in text, f"{path.name} decides a model's dtype itself; use model_dtype"
+    import comboverse_ops.pipeline as pipeline
+
+    assert inspect.getsource(pipeline).count('model_dtype("auto", device)') >= 3  # TripoSR, detector, depth

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from .cache import MODEL_CACHE, ModelCache, ModelKey
+from .precision import model_dtype
 
 __all__ = [
     "CONFIG_ROOT",
@@ -616,7 +617,7 @@ def load_sd_model(path: str | os.PathLike, *, expect: str | None = None, device=
     path = Path(path)
     device = torch.device(device)
     if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        dtype = model_dtype("auto", device)
     if expect not in (None, "inpainting", "text2img"):
         raise ValueError(f"expect: expected 'inpainting', 'text2img' or None, got {expect!r}")
     if not path.exists():
