@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..comboverse_ops.models.precision import model_dtype
+from ..comboverse_ops.models.precision import PRECISION_TOOLTIP, PRECISIONS, model_dtype
 from . import host
 from .host import GUIDANCE_MODEL
 
@@ -34,8 +34,7 @@ class LoadGuidanceModel:
                                           "'diffusers/<name>' entries are diffusers folders."}),
             },
             "optional": {
-                "precision": (["auto", "fp16", "bf16", "fp32"], {"default": "auto",
-                              "tooltip": "auto: fp16 on a GPU, fp32 on the CPU."}),
+                "precision": (list(PRECISIONS), {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
                 "config_dir": ("STRING", {"default": "",
                                           "tooltip": "Leave empty: the config shipped with the pack for the detected "
                                                      "model is used. Or the path of a diffusers-format config folder "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..comboverse_ops.lift3d.frames import AXES
-from ..comboverse_ops.models.precision import model_dtype
+from ..comboverse_ops.models.precision import PRECISION_TOOLTIP, PRECISIONS, model_dtype
 from . import host
 from .host import LIFT3D_MODEL, MESHES
 
@@ -43,9 +43,7 @@ class LoadLift3DModel:
                           {"tooltip": "TripoSR's model.ckpt (huggingface.co/stabilityai/TripoSR) in models/triposr. "
                                       "Put its config.yaml next to it to use that config; otherwise the released "
                                       "one shipped with the pack is used."}),
-            "precision": (["auto", "fp32", "fp16", "bf16"],
-                          {"default": "auto", "tooltip": "Weight and compute precision: auto = fp16 on a CUDA GPU, "
-                                                         "fp32 otherwise (TripoSR's own runs use fp32)."}),
+            "precision": (list(PRECISIONS), {"default": "auto", "tooltip": PRECISION_TOOLTIP}),
         }}
 
     @classmethod
