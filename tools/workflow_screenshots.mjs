@@ -10,9 +10,10 @@
 //   docs/screenshots/<name>.jpg        README screenshot: the whole graph at zoom 1, one screen
 //                                      pixel per graph unit (as wide as the graph, plus a margin)
 //
-// The pictures are taken at the frontend's default settings (zoom 1, default link style and
-// level of detail, default theme); only the first-run template dialog is switched off, and focus
-// mode hides the menus and side bar around the graph.
+// The pictures are taken at the frontend's default zoom (1) and drawing settings (link style,
+// level of detail, theme); only what would cover the graph is off (the first-run template dialog,
+// the minimap, zoom buttons and render statistics in the canvas's corners), and focus mode hides
+// the menus and side bar around it.
 //
 // Edit a workflow (by hand, or in ComfyUI and save it over workflows/<name>.json), then rerun this.
 //
@@ -43,6 +44,9 @@
 //                     workflows/api/<name>.json is not what the frontend saves / converts
 //                     (tests/test_comfyui_real.py runs this when PLAYWRIGHT_CORE_DIR is set)
 //   --keep            keep the temporary base directory (server.log, settings) for debugging
+//   --front-end-root DIR  serve this frontend (a comfyui-frontend-package's static/ folder) instead
+//                     of the one the ComfyUI's requirements installed; with --check, to see whether
+//                     another frontend version opens the workflows cleanly
 //   --opened DIR      also write DIR/<name>.png: the whole window (1600 x 900, menus and side bar
 //                     shown) as the workflow opens, to see what a user sees first
 //
@@ -80,7 +84,7 @@ const SETTINGS = {
 
 function parseArgs(argv) {
   const args = { comfyui: process.env.COMFYUI_DIR, python: 'python3', chromium: '/usr/bin/chromium',
-    playwright: process.env.PLAYWRIGHT_CORE_DIR, only: [], check: false, keep: false, opened: null };
+    playwright: process.env.PLAYWRIGHT_CORE_DIR, only: [], check: false, keep: false, opened: null, frontEndRoot: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -95,6 +99,7 @@ function parseArgs(argv) {
     else if (a === '--check') args.check = true;
     else if (a === '--keep') args.keep = true;
     else if (a === '--opened') args.opened = resolve(value());
+    else if (a === '--front-end-root') args.frontEndRoot = resolve(value());
     else throw new Error(`unknown argument ${a}; see the comment at the top of this file`);
   }
   if (!args.comfyui) throw new Error('--comfyui /path/to/ComfyUI (or COMFYUI_DIR) is required');
@@ -145,8 +150,9 @@ function prepareBaseDirectory() {
 async function startComfyUI(args, base) {
   const port = await freePort();
   const log = openSync(join(base, 'server.log'), 'w');
+  const frontEnd = args.frontEndRoot ? ['--front-end-root', args.frontEndRoot] : [];
   const proc = spawn(args.python, ['main.py', '--cpu', '--listen', '127.0.0.1', '--port', String(port),
-    '--base-directory', base, '--disable-auto-launch', '--database-url', 'sqlite:///:memory:'],
+    '--base-directory', base, '--disable-auto-launch', '--database-url', 'sqlite:///:memory:', ...frontEnd],
   { cwd: args.comfyui, stdio: ['ignore', log, log] });
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 240; i++) {
