@@ -30,11 +30,12 @@ EXPECTED = {"full_pipeline", "external_3d", "external_inpainting", "layout_only"
 TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
 EXAMPLE_PICTURE = "comboverse_example.png"  # shipped in workflows/; the workflows' Load Image names it
 # Layout: LiteGraph's node title bar and a group's title bar (font 24) in graph units; the view a
-# workflow opens at puts the graph's top-left corner OPEN_AT pixels into the canvas, which in a
+# workflow opens at puts the graph's top-left corner OPEN_AT pixels into the canvas (clear of the
+# menus whether the canvas lies under them, as in frontend 1.58.1, or beside them), which in a
 # 1600 x 900 window at the frontend's default settings (1.27.10: side bar 64 px, menu bar and
 # workflow tabs 80 px) is CANVAS_1600x900 pixels (tools/workflow_screenshots.mjs).
 NODE_TITLE, GROUP_TITLE = 30, 34
-OPEN_AT = (16, 16)
+OPEN_AT = (72, 92)
 CANVAS_1600x900 = (1600 - 64, 900 - 80)
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}

@@ -67,9 +67,11 @@ const EXAMPLE_PICTURE = 'comboverse_example.png'; // in workflows/; the workflow
 const THUMB_SIZE = 512;
 const MARGIN = 24; // CSS pixels around the graph in the pictures
 // The view a workflow opens at: the frontend's default zoom, the graph's top-left corner this far
-// from the graph canvas's (which starts below the menu bar and right of the side bar).
+// from the graph canvas's top-left corner. Frontend 1.27.10 (ComfyUI 0.3.64's) puts the canvas
+// below the menu bar and right of the side bar, 1.58.1 (newest in 2026-11) under both: this clears
+// them in both.
 const OPEN_SCALE = 1;
-const OPEN_AT = [16, 16];
+const OPEN_AT = [72, 92];
 const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 // Server-side user settings of the temporary base directory: the frontend's defaults, except that
