@@ -259,7 +259,7 @@ def test_frontend_loads_every_workflow_and_saves_and_converts_it_as_committed():
     """ComfyUI's own frontend in headless Chromium loads each workflow with no missing node, dialog
     or error, saves it as workflows/<name>.json and converts it to workflows/api/<name>.json."""
     result = subprocess.run(["node", str(ROOT / "tools" / "workflow_screenshots.mjs"), "--check",
-                             "--comfyui", COMFYUI_DIR, "--python", sys.executable, "--chromium", CHROMIUM,
+                             "--comfyui", COMFYUI_DIR, "--python", COMFYUI_PYTHON, "--chromium", CHROMIUM,
                              "--playwright", PLAYWRIGHT_CORE_DIR],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
