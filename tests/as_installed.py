@@ -16,7 +16,7 @@ the way ComfyUI's ``load_custom_node`` does (``spec_from_file_location`` of its 
 the module named after the folder's path, dashes and all) and runs each API workflow through the
 node classes in graph order at its shipped widget values; only the model-file widgets named in
 ``model_files`` change (tiny models in the real formats stand in for the released files), and
-Segment in automatic mode (empty ``boxes_text``, SAM connected) gets the picture's first
+Segment in automatic mode (empty ``boxes_text``, SAM connected, no boxes input) gets the picture's first
 ``auto_objects`` boxes from ``boxes``: automatic proposals need a trained SAM, and a tiny random
 one proposes nothing, so the boxes come with the picture, as a user's would.
 Core nodes are stand-ins (below); tests/test_comfyui_real.py runs the real ones.
@@ -187,7 +187,7 @@ def main(argv: list[str]) -> int:
                     node["inputs"][name] = value
                     changed.add((node["class_type"], name))
             if node["class_type"] == "ComboVerseSegment" and not node["inputs"].get("boxes_text", "").strip() \
-                    and "sam" in node["inputs"] and "masks" not in node["inputs"]:
+                    and "sam" in node["inputs"] and "masks" not in node["inputs"] and "boxes" not in node["inputs"]:
                 node["inputs"]["boxes_text"] = json.dumps(spec["boxes"][:node["inputs"]["auto_objects"]])
                 changed.add(("ComboVerseSegment", "boxes_text"))
         results = runner.run_api_workflow(pack, prompt, core=core)

@@ -55,9 +55,6 @@ def _mesh_file(path: Path, kind: str, color) -> None:
 def _models_and_inputs(root: Path) -> tuple[dict, dict]:
     """ComfyUI-like models/ and input/ folders under the names the workflows use. Returns the
     model-file widget values to set, and the picture's boxes with the environment for the process."""
-    from comboverse_ops.atomic import save_png_atomic
-    from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
-
     models, inputs = root / "models", root / "input"
     save_tiny_sam(models / "sams" / "sam_vit_h_4b8939.pth")
     save_tiny_sam(models / "sams" / "sam_tiny.pth")
@@ -70,10 +67,13 @@ def _models_and_inputs(root: Path) -> tuple[dict, dict]:
     save_tiny_triposr(models / "triposr", iso_level=TRIPOSR_ISO)
     save_tiny_depth_anything(models / "depth_anything" / "tiny")
     save_tiny_owlv2(models / "detectors" / "owlv2-tiny")
-    # A picture with as many objects as the workflows ask Segment for (3), partly hiding each other.
-    proc = make_procedural_scene(4, ProceduralSettings(min_objects=3, max_objects=3, image_size=128))
-    obs = proc.observe()
-    save_png_atomic(inputs / "example.png", obs.image)
+    # The picture the shipped workflows load (3 objects, partly hiding each other), copied into
+    # input/ as the README tells users; its boxes (for Segment in automatic mode) are the ones
+    # full_pipeline's ComboVerse Boxes ships.
+    inputs.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "workflows" / "comboverse_example.png", inputs / "comboverse_example.png")
+    graph = json.loads((ROOT / "workflows" / "full_pipeline.json").read_text())
+    [drawn] = [json.loads(n["widgets_values"][0]) for n in graph["nodes"] if n["type"] == "ComboVerseBoxes"]
     for i, (name, kind, color) in enumerate((("table", "box", (0.6, 0.4, 0.2)), ("lamp", "cone", (0.9, 0.9, 0.3)),
                                              ("object_0", "box", (0.8, 0.1, 0.1)),
                                              ("object_1", "sphere", (0.1, 0.8, 0.1)),
@@ -84,7 +84,8 @@ def _models_and_inputs(root: Path) -> tuple[dict, dict]:
         "ComboVerseLoadInpaintModel": {"config_dir": str(inpaint_cfg)},
         "ComboVerseLoadGuidanceModel": {"config_dir": str(guidance_cfg)},
     }
-    env = {"boxes": obs.boxes.round().tolist(), "COMBOVERSE_MODELS_DIR": str(models),
+    env = {"boxes": [[b["x"], b["y"], b["x"] + b["width"], b["y"] + b["height"]] for b in drawn],
+           "COMBOVERSE_MODELS_DIR": str(models),
            "COMBOVERSE_INPUT_DIR": str(inputs), "COMBOVERSE_OUTPUT_DIR": str(root / "output")}
     return model_files, env
 

@@ -68,8 +68,7 @@ def _fetch(url: str) -> tuple[int, bytes]:
 def _tiny_models(base: Path) -> dict:
     """Tiny models under the file names the workflows name, in ComfyUI's model folders, and the
     picture Load Image names. Returns what the test must set in the workflow to use them."""
-    from comboverse_ops.atomic import save_png_atomic
-    from tiny_models import occluded_pair, save_tiny_sam, save_tiny_sd, save_tiny_triposr
+    from tiny_models import save_tiny_sam, save_tiny_sd, save_tiny_triposr
 
     models, staging = base / "models", base / "tiny"
     save_tiny_sam(models / "sams" / "sam_vit_h_4b8939.pth")
@@ -80,10 +79,10 @@ def _tiny_models(base: Path) -> dict:
                                                 text_vocab_size=CLIP_VOCAB)
     shutil.copy(guidance, models / "checkpoints" / "v2-1_512-ema-pruned.safetensors")
     save_tiny_triposr(models / "triposr")
-    proc, obs = occluded_pair()
-    save_png_atomic(base / "input" / "example.png", obs.image)
-    return {"boxes": json.dumps(obs.boxes.round().tolist()), "phrases": "\n".join(proc.phrases),
-            "prompt": proc.prompt, "objects": len(proc.phrases),
+    # The picture the workflows load, copied into input/ as the README tells users (3 objects, the
+    # cone partly hidden by the torus, so Inpaint really runs SD).
+    shutil.copy(WORKFLOWS / "comboverse_example.png", base / "input" / "comboverse_example.png")
+    return {"objects": 3,
             "inpaint_cfg": str(inpaint_cfg), "guidance_cfg": str(guidance_cfg)}
 
 
@@ -230,10 +229,9 @@ FAST = {
 def test_full_pipeline_api_workflow_runs_with_tiny_models(server):
     workflow = json.loads((WORKFLOWS / "api" / "full_pipeline.json").read_text())
     settings = {k: dict(v) for k, v in FAST.items()}
-    # What a user fills in: the objects' boxes and names (a random tiny SAM proposes no objects),
-    # and (tiny models only) the config folders of their architecture. SSDSRefine's prompt is the
-    # shipped one.
-    settings["ComboVerseSegment"].update(boxes_text=server["boxes"], phrases=server["phrases"])
+    # The objects' boxes and phrases are the ones shipped in ComboVerse Boxes (a random tiny SAM
+    # proposes no objects, and none is needed), SSDSRefine's prompt is the shipped one; only the
+    # config folders of the tiny models' architecture are set.
     assert all(n["inputs"]["prompt"].strip() for n in workflow.values() if n["class_type"] == "ComboVerseSSDSRefine")
     settings["ComboVerseLoadInpaintModel"] = {"config_dir": server["inpaint_cfg"]}
     settings["ComboVerseLoadGuidanceModel"] = {"config_dir": server["guidance_cfg"]}
@@ -261,7 +259,7 @@ def test_frontend_loads_every_workflow_and_saves_and_converts_it_as_committed():
     """ComfyUI's own frontend in headless Chromium loads each workflow with no missing node, dialog
     or error, saves it as workflows/<name>.json and converts it to workflows/api/<name>.json."""
     result = subprocess.run(["node", str(ROOT / "tools" / "workflow_screenshots.mjs"), "--check",
-                             "--comfyui", COMFYUI_DIR, "--python", sys.executable, "--chromium", CHROMIUM,
+                             "--comfyui", COMFYUI_DIR, "--python", COMFYUI_PYTHON, "--chromium", CHROMIUM,
                              "--playwright", PLAYWRIGHT_CORE_DIR],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]

@@ -178,7 +178,10 @@ def test_the_full_pipeline_workflow_run_node_by_node_gives_the_cli_poses(setup, 
     prompt = json.loads((ROOT / "workflows" / "api" / "full_pipeline.json").read_text())
     settings = {  # the values FAST gives the CLI, and the CLI's inputs
         "ComboVerseLoadSAM": {"sam_name": "sam_tiny.pth"},
-        "ComboVerseSegment": {"boxes_text": setup["boxes"], "phrases": "\n".join(json.loads(setup["phrases"]))},
+        # the CLI's boxes and phrases, drawn in ComboVerse Boxes as a user would
+        "ComboVerseBoxes": {"boxes": json.dumps([
+            {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0, "label": phrase}
+            for (x0, y0, x1, y1), phrase in zip(json.loads(setup["boxes"]), json.loads(setup["phrases"]))])},
         "ComboVerseLoadInpaintModel": {"ckpt_name": inpaint.name, "config_dir": str(setup["inpaint_cfg"])},
         "ComboVerseInpaint": {"steps": 2, "resolution": 64},
         "ComboVerseLift3D": {"resolution": 24, "density_threshold": 0.5, "max_faces": 400},

@@ -28,6 +28,15 @@ EXPECTED = {"full_pipeline", "external_3d", "external_inpainting", "layout_only"
 # ComfyUI serves only the first of these folders that exists (app/custom_node_manager.py): any
 # other one in the repo would hide workflows/ from the template browser.
 TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
+EXAMPLE_PICTURE = "comboverse_example.png"  # shipped in workflows/; the workflows' Load Image names it
+# Layout: LiteGraph's node title bar and a group's title bar (font 24) in graph units; the view a
+# workflow opens at puts the graph's top-left corner OPEN_AT pixels into the canvas (clear of the
+# menus whether the canvas lies under them, as in frontend 1.58.1, or beside them), which in a
+# 1600 x 900 window at the frontend's default settings (1.27.10: side bar 64 px, menu bar and
+# workflow tabs 80 px) is CANVAS_1600x900 pixels (tools/workflow_screenshots.mjs).
+NODE_TITLE, GROUP_TITLE = 30, 34
+OPEN_AT = (72, 92)
+CANVAS_1600x900 = (1600 - 64, 900 - 80)
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FILES = "<files>"  # a combo whose options are a file list: any string is accepted
@@ -208,6 +217,26 @@ def _expected_widget_values(definition: dict, node_type: str) -> list[tuple[dict
 # Graph (UI) format
 # --------------------------------------------------------------------------------------------
 
+def _extent(wf: dict) -> tuple[float, float, float, float]:
+    """x0, y0, x1, y1 of every node (title bar included) and every group, in graph units."""
+    rects = [_node_rect(n) for n in wf["nodes"]] + [tuple(g["bounding"]) for g in wf["groups"]]
+    return (min(r[0] for r in rects), min(r[1] for r in rects), max(r[0] + r[2] for r in rects),
+            max(r[1] + r[3] for r in rects))
+
+
+def _node_rect(node: dict) -> tuple[float, float, float, float]:
+    return (node["pos"][0], node["pos"][1] - NODE_TITLE, node["size"][0], node["size"][1] + NODE_TITLE)
+
+
+def _inside(inner, outer) -> bool:
+    return outer[0] <= inner[0] and outer[1] <= inner[1] and inner[0] + inner[2] <= outer[0] + outer[2] \
+        and inner[1] + inner[3] <= outer[1] + outer[3]
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
 def test_every_workflow_has_both_formats_a_thumbnail_and_a_screenshot():
     from PIL import Image
 
@@ -219,10 +248,81 @@ def test_every_workflow_has_both_formats_a_thumbnail_and_a_screenshot():
         assert thumb.stat().st_size < 100_000, thumb
         with Image.open(thumb) as im:
             assert im.format == "JPEG" and im.size == (512, 512), (thumb, im.format, im.size)
-        shot = SCREENSHOT_DIR / f"{name}.jpg"  # shown in the README
-        assert shot.stat().st_size < 300_000, shot
+        # The README's picture: the whole graph at the frontend's default zoom (1 pixel per graph
+        # unit) with a 24 px margin, as tools/workflow_screenshots.mjs takes it.
+        shot = SCREENSHOT_DIR / f"{name}.jpg"
+        x0, y0, x1, y1 = _extent(json.loads((GRAPH_DIR / f"{name}.json").read_text()))
+        assert shot.stat().st_size < 600_000, shot
         with Image.open(shot) as im:
-            assert im.format == "JPEG" and im.width == 1400, (shot, im.format, im.size)
+            assert im.format == "JPEG" and im.size == (math.ceil(x1 - x0) + 48, math.ceil(y1 - y0) + 48), \
+                (shot, im.format, im.size)
+
+
+@pytest.mark.parametrize("path", GRAPH_FILES, ids=lambda p: p.name)
+def test_graph_reads_left_to_right_in_titled_stage_groups_and_opens_legible(path):
+    """Each stage is a titled group ("1. ...", "2. ...") left of the next; every node sits inside
+    one group under its title; no two nodes overlap; links never run back to an earlier group;
+    and the workflow opens at the frontend's default zoom with its first group in a 1600 x 900
+    window (the frontend restores the saved view instead of fitting the whole graph, which would
+    zoom out until the text is unreadable)."""
+    wf = json.loads(path.read_text())
+    groups = sorted(wf["groups"], key=lambda g: g["bounding"][0])
+    assert len(groups) >= 3, f"{path.name}: {len(groups)} groups"
+    for i, g in enumerate(groups, 1):
+        assert g["title"].startswith(f"{i}. ") and len(g["title"]) > 4, f"{path.name}: group {i} is {g['title']!r}"
+    for a, b in zip(groups, groups[1:]):
+        assert a["bounding"][0] + a["bounding"][2] < b["bounding"][0], f"{path.name}: {a['title']} reaches {b['title']}"
+        assert a["bounding"][1] == b["bounding"][1], f"{path.name}: groups not in one row"
+    group_of = {}
+    for node in wf["nodes"]:
+        rect = _node_rect(node)
+        holders = [i for i, g in enumerate(groups)
+                   if _inside(rect, (g["bounding"][0], g["bounding"][1] + GROUP_TITLE, g["bounding"][2],
+                                     g["bounding"][3] - GROUP_TITLE))]
+        assert len(holders) == 1, f"{path.name}: node {node['id']} ({node['type']}) is in groups {holders}"
+        group_of[node["id"]] = holders[0]
+    rects = {n["id"]: _node_rect(n) for n in wf["nodes"]}
+    ids = sorted(rects)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            assert not _overlap(rects[a], rects[b]), f"{path.name}: nodes {a} and {b} overlap"
+    for _, src, _, dst, _, _ in wf["links"]:
+        assert group_of[src] <= group_of[dst], f"{path.name}: link {src} -> {dst} runs back to an earlier group"
+
+    x0, y0, _, _ = _extent(wf)
+    assert wf["extra"]["ds"] == {"scale": 1, "offset": [OPEN_AT[0] - x0, OPEN_AT[1] - y0]}, wf["extra"]
+    first = [rects[n] for n, g in group_of.items() if g == 0]
+    assert max(r[0] + r[2] for r in first) - x0 + OPEN_AT[0] <= CANVAS_1600x900[0], path.name
+    assert max(r[1] + r[3] for r in first) - y0 + OPEN_AT[1] <= CANVAS_1600x900[1], path.name
+
+
+def test_workflows_that_pick_objects_open_ready_to_run_on_the_shipped_picture():
+    """full_pipeline and the two external_* workflows pick the objects with ComboVerse Boxes (the
+    box editor) on the picture the pack ships; its boxes fit that picture and each has a phrase."""
+    from PIL import Image
+
+    with Image.open(GRAPH_DIR / EXAMPLE_PICTURE) as im:
+        width, height = im.size
+    for name in ("full_pipeline", "external_3d", "external_inpainting"):
+        wf = json.loads((GRAPH_DIR / f"{name}.json").read_text())
+        nodes = {n["id"]: n for n in wf["nodes"]}
+        links = {l[0]: l for l in wf["links"]}
+        [boxes] = [n for n in nodes.values() if n["type"] == "ComboVerseBoxes"]
+        [segment] = [n for n in nodes.values() if n["type"] == "ComboVerseSegment"]
+        def source(node, name):
+            [inp] = [i for i in node["inputs"] if i["name"] == name]
+            return nodes[links[inp["link"]][1]] if inp.get("link") is not None else None
+
+        assert source(segment, "boxes") is boxes, name
+        assert source(boxes, "image")["type"] == "LoadImage", name
+        for n in nodes.values():
+            if n["type"] == "LoadImage":
+                assert n["widgets_values"][0] == EXAMPLE_PICTURE, name
+        drawn = json.loads(boxes["widgets_values"][0])
+        assert len(drawn) == 3, name
+        for b in drawn:
+            assert b["label"].strip(), f"{name}: a box without a phrase"
+            assert 0 <= b["x"] and 0 <= b["y"] and b["x"] + b["width"] <= width and b["y"] + b["height"] <= height
 
 
 def test_only_workflows_is_a_template_folder():
@@ -321,7 +421,7 @@ def test_graph_workflow_is_wired_as_the_nodes_declare(path, definitions):
 def test_full_pipeline_has_every_stage(definitions):
     wf = json.loads((GRAPH_DIR / "full_pipeline.json").read_text())
     types = {n["type"] for n in wf["nodes"]}
-    stages = {"LoadImage", "ComboVerseLoadSAM", "ComboVerseSegment", "ComboVerseLoadInpaintModel", "ComboVerseInpaint",
+    stages = {"LoadImage", "ComboVerseBoxes", "ComboVerseLoadSAM", "ComboVerseSegment", "ComboVerseLoadInpaintModel", "ComboVerseInpaint",
               "ComboVerseLoadLift3DModel", "ComboVerseLift3D", "ComboVerseInitPose", "ComboVerseLoadGuidanceModel",
               "ComboVerseSSDSRefine", "ComboVerseExportMesh", "Preview3D"}
     assert stages <= types, stages - types

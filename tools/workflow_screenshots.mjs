@@ -1,21 +1,31 @@
 // Opens every example workflow in ComfyUI's real frontend (headless Chromium) and writes what
 // only the frontend can make:
 //
-//   workflows/<name>.json              the graph as the frontend saves it (app.graph.serialize(),
-//                                      without a saved view: ComfyUI then fits the view on open)
+//   workflows/<name>.json              the graph as the frontend saves it (app.graph.serialize()),
+//                                      with the view it opens at: the frontend's default zoom (1)
+//                                      and the graph's top-left corner (the first group) in view
 //   workflows/api/<name>.json          API format, from the frontend's own app.graphToPrompt()
-//   workflows/<name>.jpg               template-browser thumbnail (512 x 512 JPEG)
-//   docs/screenshots/<name>.jpg        README screenshot (1400 px wide JPEG, every node in view)
+//   workflows/<name>.jpg               template-browser thumbnail (512 x 512 JPEG): the first
+//                                      1000 x 1000 pixels of the graph at zoom 1
+//   docs/screenshots/<name>.jpg        README screenshot: the whole graph at zoom 1, one screen
+//                                      pixel per graph unit (as wide as the graph, plus a margin)
+//
+// The pictures are taken at the frontend's default zoom (1) and drawing settings (link style,
+// level of detail, theme); only what would cover the graph is off (the first-run template dialog,
+// the minimap, zoom buttons and render statistics in the canvas's corners), and focus mode hides
+// the menus and side bar around it.
 //
 // Edit a workflow (by hand, or in ComfyUI and save it over workflows/<name>.json), then rerun this.
 //
 // It also checks that ComfyUI's template browser lists the pack's workflows
 // (GET /workflow_templates), serves them and their thumbnails (/api/workflow_templates/<pack>/...),
 // and that each one loads with no missing node type, no dialog, no warning toast, no page error,
-// and re-serialises to the same nodes, widget values and links as the file.
+// and re-serialises to the same nodes, widget values and links as the file; that no two nodes
+// overlap; and that every Note shows its whole text at zoom 1 (no scroll bar).
 //
 // It starts the ComfyUI you name headless on the CPU with a temporary --base-directory whose
-// custom_nodes/ holds a link to this repo (the checkout is left as it is), and stops it at the end.
+// custom_nodes/ holds a link to this repo (the checkout is left as it is) and whose input/ holds
+// workflows/comboverse_example.png (the picture the workflows load), and stops it at the end.
 //
 // Once (outside the repo; Debian's chromium and playwright-core from npm):
 //
@@ -34,11 +44,16 @@
 //                     workflows/api/<name>.json is not what the frontend saves / converts
 //                     (tests/test_comfyui_real.py runs this when PLAYWRIGHT_CORE_DIR is set)
 //   --keep            keep the temporary base directory (server.log, settings) for debugging
+//   --front-end-root DIR  serve this frontend (a comfyui-frontend-package's static/ folder) instead
+//                     of the one the ComfyUI's requirements installed; with --check, to see whether
+//                     another frontend version opens the workflows cleanly
+//   --opened DIR      also write DIR/<name>.png: the whole window (1600 x 900, menus and side bar
+//                     shown) as the workflow opens, to see what a user sees first
 //
 // Exit status 0 when every check passed; otherwise the problems are printed and it exits 1.
 
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync, openSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync, openSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -48,25 +63,30 @@ import { isDeepStrictEqual } from 'node:util';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const PACK = 'ComfyUI-ComboVerse'; // the folder name users clone into custom_nodes/ (README)
-const SCREENSHOT_WIDTH = 1400;
+const EXAMPLE_PICTURE = 'comboverse_example.png'; // in workflows/; the workflows' Load Image names it
 const THUMB_SIZE = 512;
+const MARGIN = 24; // CSS pixels around the graph in the pictures
+// The view a workflow opens at: the frontend's default zoom, the graph's top-left corner this far
+// from the graph canvas's top-left corner. Frontend 1.27.10 (ComfyUI 0.3.64's) puts the canvas
+// below the menu bar and right of the side bar, 1.58.1 (newest in 2026-11) under both: this clears
+// them in both.
+const OPEN_SCALE = 1;
+const OPEN_AT = [72, 92];
 const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync'];
-// Server-side user settings of the temporary base directory: no first-run template dialog, no
-// minimap or canvas menu over the graph, workflow tabs in the sidebar (hidden in focus mode),
-// and full-detail node drawing at any zoom.
+// Server-side user settings of the temporary base directory: the frontend's defaults, except that
+// nothing is drawn over the graph: no first-run template dialog, no minimap, zoom buttons or
+// render statistics in the canvas's corners. How the graph itself is drawn is left at the defaults.
 const SETTINGS = {
   'Comfy.TutorialCompleted': true,
   'Comfy.Minimap.Visible': false,
   'Comfy.Graph.CanvasMenu': false,
   'Comfy.Graph.CanvasInfo': false,
-  'Comfy.Workflow.WorkflowTabsPosition': 'Sidebar',
-  'LiteGraph.Canvas.MinFontSizeForLOD': 0,
 };
 
 function parseArgs(argv) {
   const args = { comfyui: process.env.COMFYUI_DIR, python: 'python3', chromium: '/usr/bin/chromium',
-    playwright: process.env.PLAYWRIGHT_CORE_DIR, only: [], check: false, keep: false };
+    playwright: process.env.PLAYWRIGHT_CORE_DIR, only: [], check: false, keep: false, opened: null, frontEndRoot: null };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -80,6 +100,8 @@ function parseArgs(argv) {
     else if (a === '--only') args.only.push(value());
     else if (a === '--check') args.check = true;
     else if (a === '--keep') args.keep = true;
+    else if (a === '--opened') args.opened = resolve(value());
+    else if (a === '--front-end-root') args.frontEndRoot = resolve(value());
     else throw new Error(`unknown argument ${a}; see the comment at the top of this file`);
   }
   if (!args.comfyui) throw new Error('--comfyui /path/to/ComfyUI (or COMFYUI_DIR) is required');
@@ -115,31 +137,24 @@ function graphWorkflowNames() {
   return readdirSync(join(REPO, 'workflows')).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)).sort();
 }
 
-function prepareBaseDirectory(python) {
+function prepareBaseDirectory() {
   const base = mkdtempSync(join(tmpdir(), 'comboverse-shots-'));
   mkdirSync(join(base, 'custom_nodes'));
   symlinkSync(REPO, join(base, 'custom_nodes', PACK), 'dir');
   mkdirSync(join(base, 'user', 'default'), { recursive: true });
   writeFileSync(join(base, 'user', 'default', 'comfy.settings.json'), JSON.stringify(SETTINGS, null, 2));
-  // The picture the workflows' Load Image names: the pack's own procedural scene, so the
-  // screenshots show a real multi-object input instead of a missing file.
+  // The picture the workflows' Load Image names, as a user who copied it would have it.
   mkdirSync(join(base, 'input'));
-  const made = spawnSync(python, ['-c', [
-    'import sys; sys.path.insert(0, sys.argv[1])',
-    'from comboverse_ops.atomic import save_png_atomic',
-    'from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene',
-    's = make_procedural_scene(0, ProceduralSettings(min_objects=3, max_objects=3, image_size=384))',
-    'save_png_atomic(sys.argv[2], s.observe().image)',
-  ].join('\n'), REPO, join(base, 'input', 'example.png')], { encoding: 'utf8' });
-  if (made.status !== 0) throw new Error(`could not write the example picture:\n${made.stderr}`);
+  copyFileSync(join(REPO, 'workflows', EXAMPLE_PICTURE), join(base, 'input', EXAMPLE_PICTURE));
   return base;
 }
 
 async function startComfyUI(args, base) {
   const port = await freePort();
   const log = openSync(join(base, 'server.log'), 'w');
+  const frontEnd = args.frontEndRoot ? ['--front-end-root', args.frontEndRoot] : [];
   const proc = spawn(args.python, ['main.py', '--cpu', '--listen', '127.0.0.1', '--port', String(port),
-    '--base-directory', base, '--disable-auto-launch', '--database-url', 'sqlite:///:memory:'],
+    '--base-directory', base, '--disable-auto-launch', '--database-url', 'sqlite:///:memory:', ...frontEnd],
   { cwd: args.comfyui, stdio: ['ignore', log, log] });
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 240; i++) {
@@ -186,10 +201,15 @@ async function openApp(page, url) {
   await page.waitForFunction(() => window.app?.graph && window.app?.canvas && window.LiteGraph
     && 'ComboVerseSegment' in window.LiteGraph.registered_node_types && window.app.extensionManager?.command,
   null, { timeout: 180000 });
-  await page.evaluate(() => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode'));
   // Focus mode still shows the menu button in the top-right corner: not part of the graph.
   await page.addStyleTag({ content: '.comfy-menu-hamburger { display: none !important; }' });
   await page.waitForTimeout(500);
+}
+
+/** Focus mode: no menus or side bar around the graph. */
+async function focusMode(page) {
+  await page.evaluate(() => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode'));
+  await settle(page);
 }
 
 /** Load one workflow as the template browser does; return what the frontend made of it. */
@@ -208,28 +228,42 @@ async function loadWorkflow(page, workflow, name) {
   }, { workflow, name });
 }
 
-/** Frame every node (title bars included) with `margin` CSS pixels to spare; return the bounds. */
-async function fitView(page, margin) {
-  return page.evaluate(async (margin) => {
+/** The graph's extent in graph units: every node (title bar included) and every group. */
+async function graphBounds(page) {
+  return page.evaluate(() => {
     const { app } = window;
     let [x0, y0, x1, y1] = [Infinity, Infinity, -Infinity, -Infinity];
-    for (const node of app.graph.nodes) {
-      const [x, y, w, h] = node.boundingRect;
+    const rects = [...app.graph.nodes.map((n) => n.boundingRect), ...app.graph.groups.map((g) => g.boundingRect ?? g._bounding)];
+    for (const [x, y, w, h] of rects) {
       x0 = Math.min(x0, x); y0 = Math.min(y0, y); x1 = Math.max(x1, x + w); y1 = Math.max(y1, y + h);
     }
-    const ds = app.canvas.ds;
-    const cw = app.canvas.canvas.width / window.devicePixelRatio;
-    const ch = app.canvas.canvas.height / window.devicePixelRatio;
-    const scale = Math.min((cw - 2 * margin) / (x1 - x0), (ch - 2 * margin) / (y1 - y0));
-    ds.scale = scale;
-    ds.offset = [(cw / scale - (x1 - x0)) / 2 - x0, (ch / scale - (y1 - y0)) / 2 - y0];
+    return { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
+  });
+}
+
+/** Show the graph at `scale` with graph point (x, y) at window pixel `at`. */
+async function setView(page, scale, x, y, at) {
+  await page.evaluate(async ({ scale, offset }) => {
+    const { app } = window;
+    app.canvas.ds.scale = scale;
+    app.canvas.ds.offset = offset;
     app.canvas.setDirty(true, true);
     await new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok)));
     // Preview 3D sizes its viewer only when its node is resized (else it keeps the size it had
     // when created, drawn into a corner).
     for (const node of app.graph.nodes) node.onResize?.(node.size);
-    return { width: x1 - x0, height: y1 - y0, scale };
-  }, margin);
+  }, { scale, offset: [at[0] / scale - x, at[1] / scale - y] });
+  await settle(page);
+}
+
+/** Notes whose text does not fit their box at the current view (a scroll bar hides some). */
+async function crampedNotes(page) {
+  return page.evaluate(() => window.app.graph.nodes.filter((n) => n.type === 'Note').flatMap((n) => {
+    const el = n.widgets?.find((w) => w.element)?.element;
+    if (!el || !el.clientHeight) return [`${n.id}: its text box is not shown`];
+    return el.scrollHeight > el.clientHeight + 1
+      ? [`${n.id}: text needs ${el.scrollHeight} px, box has ${el.clientHeight} px`] : [];
+  }));
 }
 
 async function encodeJpeg(page, png, width, height, quality) {
@@ -249,24 +283,27 @@ async function encodeJpeg(page, png, width, height, quality) {
   return Buffer.from(b64, 'base64');
 }
 
-/** The README screenshot (1400 px wide, as tall as the graph's shape needs) and the template
- * thumbnail (square, like the template browser's cards) of the loaded graph. */
-async function takePictures(page) {
-  let bounds = await fitView(page, 24);
-  const height = Math.max(500, Math.min(1600, Math.round(
-    (SCREENSHOT_WIDTH - 48) * bounds.height / bounds.width + 48)));
-  await page.setViewportSize({ width: SCREENSHOT_WIDTH, height });
+/** Show the whole graph at zoom 1 in a window just large enough for it; check the Notes there. */
+async function showWholeGraph(page) {
+  const bounds = await graphBounds(page);
+  const width = Math.ceil(bounds.width) + 2 * MARGIN;
+  const height = Math.ceil(bounds.height) + 2 * MARGIN;
+  await page.setViewportSize({ width, height });
   await settle(page);
-  bounds = await fitView(page, 24);
-  await settle(page);
-  const readme = await encodeJpeg(page, await page.screenshot({ type: 'png' }), SCREENSHOT_WIDTH, height, 0.85);
+  await setView(page, 1, bounds.x, bounds.y, [MARGIN, MARGIN]);
+  return { bounds, width, height, cramped: await crampedNotes(page) };
+}
 
-  await page.setViewportSize({ width: 2 * THUMB_SIZE, height: 2 * THUMB_SIZE });
+/** The README screenshot (the whole graph at zoom 1, shown by showWholeGraph) and the template
+ * thumbnail (square, like the template browser's cards: the graph's top-left corner at zoom 1). */
+async function takePictures(page, whole) {
+  const readme = await encodeJpeg(page, await page.screenshot({ type: 'png' }), whole.width, whole.height, 0.8);
+  const side = 2 * THUMB_SIZE - 24;
+  await page.setViewportSize({ width: side, height: side });
   await settle(page);
-  await fitView(page, 24);
-  await settle(page);
+  await setView(page, 1, whole.bounds.x, whole.bounds.y, [MARGIN, MARGIN]);
   const thumb = await encodeJpeg(page, await page.screenshot({ type: 'png' }), THUMB_SIZE, THUMB_SIZE, 0.85);
-  return { readme, thumb, height, scale: bounds.scale };
+  return { readme, thumb };
 }
 
 async function settle(page) {
@@ -277,11 +314,13 @@ async function settle(page) {
 // ---------------------------------------------------------------------------------------------
 // Comparing the frontend's serialisation with the file
 
-/** The graph as the frontend saves it, without the saved view: a template opened without one is
- * fitted to the window by the frontend. */
-function savedGraph(graph) {
+/** The graph as the frontend saves it, with the view it opens at: zoom 1, the graph's top-left
+ * corner at OPEN_AT (the frontend restores a saved view instead of fitting the whole graph, which
+ * for these graphs would zoom out until the text is too small to read). */
+function savedGraph(graph, bounds) {
   const out = structuredClone(graph);
-  if (out.extra) delete out.extra.ds;
+  out.extra ??= {};
+  out.extra.ds = { scale: OPEN_SCALE, offset: [OPEN_AT[0] / OPEN_SCALE - bounds.x, OPEN_AT[1] / OPEN_SCALE - bounds.y] };
   return out;
 }
 
@@ -339,7 +378,7 @@ async function main() {
   for (const name of selected) if (!names.includes(name)) throw new Error(`no workflows/${name}.json`);
   const problems = [];
   const notes = [];
-  const base = prepareBaseDirectory(args.python);
+  const base = prepareBaseDirectory();
   let server = null;
   let browser = null;
   try {
@@ -349,7 +388,7 @@ async function main() {
     await checkTemplateListing(url, names, problems, { thumbnails: false });
 
     browser = await chromium.launch({ executablePath: args.chromium, headless: true, args: CHROMIUM_FLAGS });
-    const context = await browser.newContext({ viewport: { width: SCREENSHOT_WIDTH, height: 900 } });
+    const context = await browser.newContext({ viewport: { width: 1600, height: 900 } });
     await context.route((u) => !u.href.startsWith(url), (route) => route.abort()); // nothing leaves this machine
     const page = await context.newPage();
     let current = null; // the workflow being loaded, to attribute errors
@@ -378,7 +417,7 @@ async function main() {
       if (!isDeepStrictEqual(served, file)) problems.push(`${name}: the served template is not workflows/${name}.json`);
 
       current = name;
-      await page.setViewportSize({ width: SCREENSHOT_WIDTH, height: 900 });
+      await page.setViewportSize({ width: 1600, height: 900 });
       const loaded = await loadWorkflow(page, served, name);
       if (loaded.missing.length) problems.push(`${name}: missing node types ${loaded.missing.join(', ')}`);
       for (const d of loaded.dialogs) problems.push(`${name}: dialog after loading: ${d}`);
@@ -386,8 +425,17 @@ async function main() {
       compareWithFile(name, file, loaded.graph, problems, notes);
       overlaps(name, loaded.graph, problems);
 
+      if (args.opened) {
+        mkdirSync(args.opened, { recursive: true });
+        await settle(page);
+        await page.screenshot({ path: join(args.opened, `${name}.png`) });
+      }
+      await focusMode(page);
+      const whole = await showWholeGraph(page);
+      for (const c of whole.cramped) problems.push(`${name}: Note ${c}`);
+
       // The graph as the frontend saves it, and the API format from its own graphToPrompt().
-      const outputs = [[join(REPO, 'workflows', `${name}.json`), savedGraph(loaded.graph), 'saves'],
+      const outputs = [[join(REPO, 'workflows', `${name}.json`), savedGraph(loaded.graph, whole.bounds), 'saves'],
         [join(REPO, 'workflows', 'api', `${name}.json`), loaded.output, 'makes with graphToPrompt()']];
       for (const [path, data, how] of outputs) {
         const text = `${JSON.stringify(data, null, 2)}\n`;
@@ -403,14 +451,14 @@ async function main() {
       const summary = `${name}: ${loaded.graph.nodes.length} nodes, ${Object.keys(loaded.output).length} in the API prompt`;
       if (args.check) {
         console.log(summary);
-        continue;
+      } else {
+        const pictures = await takePictures(page, whole);
+        console.log(`${summary}; screenshot ${whole.width}x${whole.height} at zoom 1 (` +
+          `${(pictures.readme.length / 1024).toFixed(0)} KB), thumbnail ${(pictures.thumb.length / 1024).toFixed(0)} KB`);
+        writeFileSync(join(REPO, 'docs', 'screenshots', `${name}.jpg`), pictures.readme);
+        writeFileSync(join(REPO, 'workflows', `${name}.jpg`), pictures.thumb);
       }
-      const pictures = await takePictures(page);
-      console.log(`${summary}; screenshot ${SCREENSHOT_WIDTH}x${pictures.height} at zoom ` +
-        `${pictures.scale.toFixed(2)} (${(pictures.readme.length / 1024).toFixed(0)} KB), thumbnail ` +
-        `${(pictures.thumb.length / 1024).toFixed(0)} KB`);
-      writeFileSync(join(REPO, 'docs', 'screenshots', `${name}.jpg`), pictures.readme);
-      writeFileSync(join(REPO, 'workflows', `${name}.jpg`), pictures.thumb);
+      await focusMode(page); // menus back for the next workflow's first view
     }
     current = null;
     await checkTemplateListing(url, names, problems, { thumbnails: true });
