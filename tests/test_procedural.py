@@ -12,7 +12,7 @@ from comboverse_ops.camera import Cameras, box_corners, project_boxes, project_p
 from comboverse_ops.pose import Pose, rotvec_to_matrix
 from comboverse_ops.primitives import PRIMITIVE_KINDS, box, cylinder, make_primitive, sphere, torus
 from comboverse_ops.procedural import (
-    RELATION_PHRASES,
+    SCENE_RELATIONS,
     ProceduralSettings,
     boxes_from_masks,
     make_procedural_scene,
@@ -87,7 +87,7 @@ def assert_scene_is_valid(ps) -> None:
         assert phrase.split(" ", 1)[1] in ps.prompt, f"{o.name} is named in the prompt"
         assert float(o.pose.scale) > 0
     for subject, phrase, obj in ps.relations:
-        assert phrase in RELATION_PHRASES and phrase in s.relations
+        assert phrase in SCENE_RELATIONS and phrase in s.relations
         assert_relation_holds(ps, subject, phrase, obj)
     # Every object takes part in some relation.
     named = {n for r in ps.relations for n in (r[0], r[2])}
@@ -355,3 +355,15 @@ def test_a_yaw_changes_the_rendered_cylinder():
     images = [render_scene(Scene((SceneObject("c", mesh, Pose.create(1.0, (0.0, yaw, 0.0))),), cam),
                                   cam).rgb[0] for yaw in (0.0, math.radians(40))]
     assert float((images[0] - images[1]).abs().mean()) > 0.005
+
+
+def test_every_relation_the_pack_draws_or_judges_is_a_word_ssds_marks_in_a_prompt():
+    # One vocabulary: the procedural scenes' relations and the spatial prior's (checker, benchmark,
+    # training) are all among the phrases SSDS reweights when a prompt marks nothing.
+    from comboverse_ops.relations import RELATIONS
+    from comboverse_ops.spatial_tokens import RELATION_PHRASES, find_relation_phrases
+
+    for phrase in SCENE_RELATIONS + RELATIONS:
+        assert phrase in RELATION_PHRASES
+    text = "a red cube partly occluding a blue cone"
+    assert [text[a:b] for a, b in find_relation_phrases(text)] == ["partly occluding"]

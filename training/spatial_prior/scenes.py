@@ -27,6 +27,7 @@ import torch
 
 from comboverse_ops.camera import Cameras, orbit_camera
 from comboverse_ops.primitives import make_primitive
+from comboverse_ops.relations import RELATIONS  # the prior's relations: the ones the checker and benchmark judge
 from comboverse_ops.render.common import FlatScene, face_neighbours
 from comboverse_ops.render.nvdiffrast_backend import nvdiffrast_available, rasterize_nvdiffrast
 from comboverse_ops.render.torch_raster import rasterize_torch
@@ -34,7 +35,6 @@ from comboverse_ops.render.torch_raster import rasterize_torch
 __all__ = ["RELATIONS", "OPPOSITE", "COLORS", "KINDS", "SHAPE_WORDS", "HELD_OUT", "SceneSpec", "SceneSampler",
            "caption_words"]
 
-RELATIONS = ("to the left of", "to the right of", "in front of", "behind", "on top of", "under")
 OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "in front of": "behind",
             "behind": "in front of", "on top of": "under", "under": "on top of"}
 # Hue-distinct colours of procedural.COLOR_PALETTE (same RGB), so a colour checker can tell them apart.
