@@ -162,9 +162,10 @@ class SSDSRefine:
                                         "tooltip": "Classifier-free guidance scale of the score distillation "
                                                    "(100: DreamFusion's and the re-implementation's)."}),
                 "views_per_step": ("INT", {"default": g.views, "min": 1, "max": 64,
-                                           "tooltip": "Novel views rendered per step (paper: 10). 4 keeps a 200-step "
-                                                      "refine near 30 s on an H200 within 12 GB; 10 takes 2.6x "
-                                                      "as long."}),
+                                           "tooltip": "Novel views rendered per step (paper: 10). 4 guided layouts "
+                                                      "as well as 10 within noise on 40 benchmark scenes "
+                                                      "(docs/ssds_effect.md) and keep a 200-step refine near 30 s "
+                                                      "on an H200 within 12 GB; 10 take 2.6x as long."}),
                 "t_min": ("FLOAT", {"default": g.t_range[0], "min": 0.02, "max": 0.98, "step": 0.01,
                                     "tooltip": "Lowest diffusion time, fraction of T (paper: 0.8)."}),
                 "t_max": ("FLOAT", {"default": g.t_range[1], "min": 0.02, "max": 0.98, "step": 0.01,
@@ -180,10 +181,14 @@ class SSDSRefine:
             },
         }
 
+    # Optional inputs left out of a call take the settings' own defaults (one source: SSDSSettings,
+    # LossWeights), as the widgets do.
     def refine(self, scene, reference_image, layout, steps, parameterization, silhouette_weight,
                penetration_weight, support_weight, resolution, backend, masks=None, guidance_model=None, prompt="",
-               ssds_weight=1.0, cfg_scale=100.0, views_per_step=4, t_min=0.8, t_max=0.9, reweight_factor=25.0,
-               ssds_resolution=256, seed=0):
+               ssds_weight=LossWeights.guidance, cfg_scale=SSDSSettings.guidance_scale,
+               views_per_step=SSDSSettings.views, t_min=SSDSSettings.t_range[0], t_max=SSDSSettings.t_range[1],
+               reweight_factor=SSDSSettings.reweight, ssds_resolution=SSDSSettings.render_resolution,
+               seed=SSDSSettings.seed):
         image = _reference_image(reference_image)
         masks = masks if masks is not None else layout.masks
         if masks is None:
