@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .layout import boxes_from_masks
+from .lift3d.preprocess import FOREGROUND_RATIO
 
 __all__ = ["BACKGROUNDS", "RecenterSettings", "CropTransform", "RecenteredObject", "square_window",
            "crop_window_bchw", "recenter_object", "paste_mask"]
@@ -33,7 +34,7 @@ class RecenterSettings:
     """How an object is framed for the image-to-3D model."""
 
     size: int = 512  # output side in pixels (TripoSR's input resolution)
-    foreground_ratio: float = 0.85  # object's longer side / canvas side (TripoSR's default)
+    foreground_ratio: float = FOREGROUND_RATIO  # object's longer side / canvas side (TripoSR's default)
     background: str = "grey"  # canvas colour: "grey" (TripoSR), "white" (Zero123/Wonder3D), "black"
 
     def __post_init__(self):

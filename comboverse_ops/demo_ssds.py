@@ -21,11 +21,13 @@ from pathlib import Path
 
 import torch
 
+from .ssds import SSDSSettings
+
 __all__ = ["SHIPPED_PRIOR", "DEMO_GUIDANCE", "run_ssds_demo"]
 
 SHIPPED_PRIOR = Path(__file__).resolve().parent / "assets" / "spatial_prior"
 # Measured best for the shipped prior (docs/ssds_effect.md, tuning set); everything else is SSDSSettings' default.
-DEMO_GUIDANCE = dict(reweight=1.0, t_range=(0.8, 0.9), guidance_scale=100.0, views=4)
+DEMO_GUIDANCE = dict(reweight=1.0, t_range=SSDSSettings.t_range, guidance_scale=100.0, views=4)
 DEMO_AZIMUTH = (-30.0, 30.0)
 DEMO_SCENE = ("tune", 2)
 DEMO_PARAMETERIZATION = "camera"
@@ -45,7 +47,7 @@ def run_ssds_demo(out_dir: str | Path, *, steps: int = 200, device: str = "cpu",
     from .procedural import novel_cameras
     from .refine import RefineSettings, RefineTargets, refine_poses
     from .render import render_scene
-    from .ssds import SSDSGuidance, SSDSSettings, ViewSampling
+    from .ssds import SSDSGuidance, ViewSampling
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .colorspace import linear_to_srgb
-from .lift3d.decimate import decimate
+from .lift3d.decimate import MAX_FACES, decimate
 from .lift3d.frames import to_canonical_frame
 from .mesh import Mesh
 
@@ -43,7 +43,7 @@ __all__ = ["meshes_from_core_mesh", "core_mesh_items", "mesh_from_file", "merge_
            "texture_to_vertex_colors", "append_objects"]
 
 
-def canonical_object(mesh: Mesh, *, front: str = "+Z", up: str = "+Y", max_faces: int = 50_000) -> Mesh:
+def canonical_object(mesh: Mesh, *, front: str = "+Z", up: str = "+Y", max_faces: int = MAX_FACES) -> Mesh:
     """``mesh`` decimated to ``max_faces`` (0 keeps all) and put into the canonical object frame."""
     return to_canonical_frame(decimate(mesh.validate(), max_faces), front=front, up=up)
 
@@ -128,7 +128,7 @@ def core_mesh_items(core_mesh) -> list[dict]:
     return [{k: col[i] for k, col in columns.items()} for i in range(batch)]
 
 
-def meshes_from_core_mesh(core_mesh, *, front: str = "+Z", up: str = "+Y", max_faces: int = 50_000,
+def meshes_from_core_mesh(core_mesh, *, front: str = "+Z", up: str = "+Y", max_faces: int = MAX_FACES,
                           name: str = "object") -> list[Mesh]:
     """One canonical-frame :class:`Mesh` per batch entry of a ComfyUI ``MESH`` (module doc).
 
@@ -203,7 +203,7 @@ def merge_meshes(meshes: list[Mesh], name: str) -> Mesh:
                 name=name).validate()
 
 
-def mesh_from_file(path: str | os.PathLike, *, front: str = "+Z", up: str = "+Y", max_faces: int = 50_000,
+def mesh_from_file(path: str | os.PathLike, *, front: str = "+Z", up: str = "+Y", max_faces: int = MAX_FACES,
                    name: str | None = None) -> Mesh:
     """One canonical-frame object from a GLB / glTF / OBJ / PLY file (all its meshes merged).
 

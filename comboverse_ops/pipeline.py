@@ -37,6 +37,7 @@ import torch
 
 from .detect import DetectSettings
 from .images import load_image_hwc  # re-exported: the CLI's picture loader
+from .lift3d.decimate import MAX_FACES
 from .models.precision import model_dtype
 
 __all__ = ["PipelineSettings", "PipelineInputs", "check_inputs", "run_pipeline", "find_models", "load_image_hwc"]
@@ -68,7 +69,7 @@ class PipelineSettings:
     # Lift3D
     mc_resolution: int = 256
     density_threshold: float = 25.0
-    max_faces: int = 50_000
+    max_faces: int = MAX_FACES
     # InitPose
     depth: str | None = None  # Depth Anything V2 save_pretrained folder (--depth DIR); None: no depth map
     fov_deg: float = 40.0

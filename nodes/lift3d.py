@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..comboverse_ops.lift3d.decimate import MAX_FACES
+from ..comboverse_ops.lift3d.preprocess import FOREGROUND_RATIO
 from ..comboverse_ops.lift3d.frames import AXES
 from ..comboverse_ops.models.precision import PRECISION_TOOLTIP, PRECISIONS, model_dtype
 from . import host
@@ -90,11 +92,11 @@ class Lift3D:
                 "density_threshold": ("FLOAT", {"default": 25.0, "min": 0.01, "max": 1000.0, "step": 0.5,
                                                 "tooltip": "Density level of the surface (TripoSR default 25). Lower "
                                                            "= fatter objects."}),
-                "max_faces": ("INT", {"default": 50000, "min": 0, "max": 2_000_000, "step": 1000,
+                "max_faces": ("INT", {"default": MAX_FACES, "min": 0, "max": 2_000_000, "step": 1000,
                                       "tooltip": _MAX_FACES_TIP}),
-                "foreground_ratio": ("FLOAT", {"default": 0.85, "min": 0.3, "max": 1.0, "step": 0.01,
+                "foreground_ratio": ("FLOAT", {"default": FOREGROUND_RATIO, "min": 0.3, "max": 1.0, "step": 0.01,
                                                "tooltip": "Object size relative to the image the model sees (TripoSR "
-                                                          "default 0.85)."}),
+                                                          f"default {FOREGROUND_RATIO})."}),
                 "vertex_colors": ("BOOLEAN", {"default": True, "tooltip": "Colour the vertices from the model; off "
                                                                           "gives grey meshes."}),
             },
@@ -126,7 +128,7 @@ def _frame_inputs() -> dict:
     return {
         "front_axis": (list(AXES), {"default": "+Z", "tooltip": _FRONT_TIP}),
         "up_axis": (list(AXES), {"default": "+Y", "tooltip": _UP_TIP}),
-        "max_faces": ("INT", {"default": 50000, "min": 0, "max": 2_000_000, "step": 1000, "tooltip": _MAX_FACES_TIP}),
+        "max_faces": ("INT", {"default": MAX_FACES, "min": 0, "max": 2_000_000, "step": 1000, "tooltip": _MAX_FACES_TIP}),
     }
 
 

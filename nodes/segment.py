@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..comboverse_ops.crops import BACKGROUNDS
+from ..comboverse_ops.crops import BACKGROUNDS, RecenterSettings
 from . import host
 from .host import LAYOUT, SAM_MODEL
 
@@ -11,8 +11,10 @@ BOX_TYPES = "BOUNDING_BOX,BOUNDING_BOXES"  # core's box types; ComfyUI accepts e
 _RECENTER_INPUTS = {
     "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
                           "tooltip": "Side of each object crop in pixels (TripoSR takes 512)."}),
-    "foreground_ratio": ("FLOAT", {"default": 0.85, "min": 0.3, "max": 1.0, "step": 0.01,
-                                   "tooltip": "Object's longer side / crop side (TripoSR's default 0.85)."}),
+    "foreground_ratio": ("FLOAT", {"default": RecenterSettings.foreground_ratio, "min": 0.3, "max": 1.0,
+                                   "step": 0.01,
+                                   "tooltip": "Object's longer side / crop side (TripoSR's default "
+                                              f"{RecenterSettings.foreground_ratio})."}),
     "background": (list(BACKGROUNDS), {"default": "grey",
                                        "tooltip": "Canvas colour around the object: grey (TripoSR), white "
                                                   "(Zero123-style models) or black."}),
@@ -20,8 +22,6 @@ _RECENTER_INPUTS = {
 
 
 def recenter_settings(crop_size, foreground_ratio, background):
-    from ..comboverse_ops.crops import RecenterSettings
-
     return RecenterSettings(size=int(crop_size), foreground_ratio=float(foreground_ratio), background=background)
 
 

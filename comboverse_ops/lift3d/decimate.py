@@ -18,6 +18,8 @@ import torch
 
 from ..mesh import Mesh
 
+MAX_FACES = 50_000  # ComboVerse paper: each object decimated to at most 50k faces (0 keeps all)
+
 __all__ = ["decimate"]
 
 logger = logging.getLogger(__name__)

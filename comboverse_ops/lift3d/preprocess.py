@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+FOREGROUND_RATIO = 0.85  # object size / image side after re-centring (TripoSR run.py default)
+
 __all__ = ["conditioning_images"]
 
 
@@ -33,7 +35,7 @@ def _resize(canvas_hwc: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def conditioning_images(images: torch.Tensor, masks: torch.Tensor | None, size: int, *,
-                        foreground_ratio: float = 0.85, background: float = 0.5,
+                        foreground_ratio: float = FOREGROUND_RATIO, background: float = 0.5,
                         names: list[str] | None = None) -> torch.Tensor:
     """One square conditioning image per object crop (module doc).
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..mesh import Mesh
-from .decimate import decimate
+from .decimate import MAX_FACES, decimate
 from .frames import TRIPOSR_FRONT, TRIPOSR_UP, to_canonical_frame
-from .preprocess import conditioning_images
+from .preprocess import FOREGROUND_RATIO, conditioning_images
 from .surface import marching_cubes, sample_density_grid
 
 __all__ = ["Lift3DSettings", "reconstruct_objects", "mesh_from_triplane"]
@@ -35,8 +35,8 @@ class Lift3DSettings:
 
     resolution: int = 256  # marching-cubes samples per axis (TripoSR run.py default)
     density_threshold: float = 25.0  # iso level on the activated density (TripoSR extract_mesh default)
-    max_faces: int = 50_000  # ComboVerse paper: each object decimated to at most 50k faces; 0 keeps all
-    foreground_ratio: float = 0.85  # object size / image side after re-centring (TripoSR run.py default)
+    max_faces: int = MAX_FACES  # 0 keeps all
+    foreground_ratio: float = FOREGROUND_RATIO
     vertex_colors: bool = True  # colour vertices from the decoder (TripoSR's own mesh output does)
     query_chunk: int = 262_144  # points per decoder call: a memory knob only, results are the same
 

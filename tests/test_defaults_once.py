@@ -1,0 +1,48 @@
+"""Every default lives in one place (issue 13): the number appears once in the pack's source, and the
+nodes, the CLI and the core read it from there."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [p for p in [*ROOT.glob("nodes/*.py"), *ROOT.glob("comboverse_ops/**/*.py")]]
+
+
+def _code(path: Path) -> str:
+    """The file without comments and docstring-like text (only code may restate a default)."""
+    text = re.sub(r'"""[\s\S]*?"""', "", path.read_text())
+    return "\n".join(line.split("#")[0] for line in text.splitlines())
+
+
+@pytest.mark.parametrize("pattern, where", [
+    (r"\b50_?000\b", "comboverse_ops/lift3d/decimate.py"),  # faces per object (paper)
+    (r"(?i)foreground\w*[^\n]*\b0\.85\b", "comboverse_ops/lift3d/preprocess.py"),  # TripoSR's foreground ratio
+    (r"\(0\.8,\s*0\.9\)", "comboverse_ops/ssds.py"),  # the SSDS noise band (paper)
+    (r"reweight(?:_factor)?\s*(?::[^=\n]*)?=\s*25(?:\.0)?\b", "comboverse_ops/ssds.py"),  # c = 25 (paper)
+])
+def test_a_default_is_written_once(pattern, where):
+    hits = [(p.relative_to(ROOT).as_posix(), n + 1) for p in SOURCES
+            for n, line in enumerate(_code(p).splitlines()) if re.search(pattern, line)]
+    assert [h[0] for h in hits] == [where], f"{pattern} written in {hits}; read it from {where}"
+
+
+def test_the_nodes_show_the_settings_defaults(pack):
+    from comboverse_ops.crops import RecenterSettings
+    from comboverse_ops.lift3d.reconstruct import Lift3DSettings
+    from comboverse_ops.pipeline import PipelineSettings
+    from comboverse_ops.ssds import SSDSSettings
+    from tiny_models import node_class
+
+    def default(module, name, widget):
+        spec = node_class(pack, module, name).INPUT_TYPES()
+        return {**spec.get("required", {}), **spec.get("optional", {})}[widget][1]["default"]
+
+    assert default("lift3d", "Lift3D", "max_faces") == Lift3DSettings().max_faces == PipelineSettings().max_faces
+    assert default("lift3d", "Lift3D", "foreground_ratio") == Lift3DSettings().foreground_ratio
+    assert default("segment", "Segment", "foreground_ratio") == RecenterSettings().foreground_ratio
+    g = SSDSSettings()
+    assert (default("combine", "SSDSRefine", "t_min"), default("combine", "SSDSRefine", "t_max")) == g.t_range
+    assert default("combine", "SSDSRefine", "reweight_factor") == g.reweight
+    assert default("combine", "SSDSRefine", "views_per_step") == g.views
