@@ -358,6 +358,7 @@ def _settings_from_args(args, prompt: str = "", phrases: str | None = None, devi
 def _add_batch_parser(sub) -> None:
     """``comboverse batch MANIFEST.jsonl --out DIR`` (comboverse_ops/batch/)."""
     from .batch.runner import BatchSettings
+    from .detect import DetectSettings
 
     d = BatchSettings()
     b = sub.add_parser("batch", help="many pictures on every GPU (or CPU worker) on Ray, resumable; needs "
@@ -386,6 +387,10 @@ def _add_batch_parser(sub) -> None:
     b.add_argument("--max-retries", type=int, default=d.max_retries,
                    help="retries of a scene whose worker died or ran out of memory")
     b.add_argument("--max-restarts", type=int, default=d.max_restarts, help="restarts of a dead worker")
+    b.add_argument("--detect", default=None, help="OWLv2 model folder (save_pretrained layout): finds the boxes of "
+                                                  "scenes whose lines give \"phrases\" but no \"boxes\"")
+    b.add_argument("--detect-threshold", type=float, default=DetectSettings.threshold,
+                   help="lowest detection score accepted for a phrase")
     _add_setting_flags(b)
 
 
@@ -404,7 +409,8 @@ def _batch_command(args) -> int:
                        workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                        gpus_per_worker=args.gpus_per_worker, in_flight=args.in_flight,
                        max_retries=args.max_retries, max_restarts=args.max_restarts, stand_ins=args.stand_ins)
-    result = run_batch(args.manifest, args.out, _settings_from_args(args), bs)
+    result = run_batch(args.manifest, args.out,
+                       _settings_from_args(args, detect=args.detect, detect_threshold=args.detect_threshold), bs)
     return 0 if result.ok else 1
 
 

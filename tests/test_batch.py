@@ -43,15 +43,23 @@ def test_manifest_lines_are_checked_one_by_one_and_duplicate_ids_stop_the_run(tm
         "# a comment",
         json.dumps({"id": "d", "image": "d.png"}),
         json.dumps({"id": 7, "image": "e.png", "boxes": [[0, 0, 4, 4]]}),
+        json.dumps({"id": "f", "image": "f.png", "phrases": ["a red cube", "a blue ball"]}),  # --detect boxes it
     ]) + "\n")
     entries = read_manifest(m)
-    assert [e.id for e in entries] == ["pic", "line_2", "b", "c", "d", "line_7"]
+    assert [e.id for e in entries] == ["pic", "line_2", "b", "c", "d", "line_7", "f"]
     assert entries[0].error is None and entries[0].image == tmp_path / "a" / "pic.png"
     assert "not JSON" in entries[1].error
     assert "refine_steps expected int, got 'many'" in entries[2].error
     assert "unknown key(s) ['boxs']" in entries[3].error
-    assert 'no "boxes"' in entries[4].error
+    assert 'no "boxes" and no "phrases"' in entries[4].error and "--detect DIR" in entries[4].error
     assert '"id": expected text' in entries[5].error
+    assert entries[6].error is None
+    # A scene with phrases only needs the run's detector: said before Ray or any model starts.
+    from comboverse_ops.batch import run_batch
+
+    with pytest.raises(ManifestError, match=r"\['f'\] give \"phrases\" but no \"boxes\"; pass --detect DIR"):
+        run_batch(m, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
     m.write_text(json.dumps({"image": "x/pic.png", "boxes": [[0, 0, 1, 1]]}) + "\n"
                  + json.dumps({"image": "y/pic.png", "boxes": [[0, 0, 1, 1]]}) + "\n")
     with pytest.raises(ManifestError, match=r"lines 1 and 2 both have the id 'pic'.*\"id\""):
@@ -200,19 +208,21 @@ def test_a_worker_killed_mid_scene_loses_nothing_and_writes_each_scene_once(ray_
 def test_the_real_pipeline_runs_in_the_workers_with_tiny_models_and_a_bad_scene_fails_alone(ray_session, tmp_path):
     from comboverse_ops.batch import write_procedural_manifest
     from comboverse_ops.cli import main
-    from tiny_models import save_tiny_sam, save_tiny_triposr
+    from tiny_models import save_tiny_owlv2, save_tiny_sam, save_tiny_triposr
 
     models = tmp_path / "models"
     save_tiny_sam(models / "sams" / "sam_tiny.pth")
     save_tiny_triposr(models / "triposr")
+    detector = save_tiny_owlv2(models / "detectors" / "owlv2-tiny")
     m = write_procedural_manifest(tmp_path / "m.jsonl", 2, objects=2, image_size=96, log=lambda *a: None)
     lines = m.read_text().splitlines()
     bad = json.loads(lines[0]) | {"id": "bad_boxes", "boxes": [[500, 500, 600, 600], [0, 0, 10, 10]]}
-    m.write_text("\n".join(lines + [json.dumps(bad)]) + "\n")
+    named = {k: v for k, v in json.loads(lines[1]).items() if k not in ("boxes", "truth")} | {"id": "by_phrases"}
+    m.write_text("\n".join(lines + [json.dumps(bad), json.dumps(named)]) + "\n")
     # The tiny TripoSR's random density peaks near 1 (tests/test_pipeline_cli.py): iso level 0.5.
     fast = ["--models", str(models), "--no-inpaint", "--mc-resolution", "24", "--density-threshold", "0.5",
             "--max-faces", "400", "--steps", "3", "--refine-resolution", "48", "--preview-size", "32",
-            "--device", "cpu", "--cpus-per-worker", "1"]
+            "--device", "cpu", "--cpus-per-worker", "1", "--detect", str(detector), "--detect-threshold", "0"]
     out = tmp_path / "out"
     assert main(["batch", str(m), "--out", str(out)] + fast) == 1
     rows = {r["id"]: r for r in _summary(out)}
@@ -225,6 +235,11 @@ def test_the_real_pipeline_runs_in_the_workers_with_tiny_models_and_a_bad_scene_
         report = json.loads((out / "scenes" / sid / "scene_report.json").read_text())
         assert report["image"] == f"procedural/{sid}.png" and report["files"]["glb"] == "scene.glb"
         assert {"seconds_segment", "seconds_lift3d", "seconds_refine", "loss_total", "pose_rotation_deg"} <= set(r)
+    # Phrases only: the detector found one box per phrase, one GLB node per phrase.
+    assert rows["by_phrases"]["status"] == "done", rows["by_phrases"]["error"]
+    report = json.loads((out / "scenes" / "by_phrases" / "scene_report.json").read_text())
+    assert [o["phrase"] for o in report["objects"]] == json.loads(lines[1])["phrases"]
+    assert report["models"]["detect"]["kind"].startswith("owlv2")
     assert rows["bad_boxes"]["status"] == "failed" and rows["bad_boxes"]["attempts"] == 1
     assert "boxes" in rows["bad_boxes"]["error"]
     # Missing model files stop the run before any scene, naming the folder.

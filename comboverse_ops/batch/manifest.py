@@ -5,7 +5,7 @@ A line (keys other than these are an error, so a typo never silently drops a set
     {"id": "bear_chair",                      # optional; default the image's file stem
      "image": "pictures/bear_chair.png",      # relative paths are relative to the manifest's folder
      "boxes": [[210, 40, 420, 300], [150, 200, 470, 600]],   # pixels (x0, y0, x1, y1), one per object
-     "phrases": ["a teddy bear", "a chair"],  # optional, one per box
+     "phrases": ["a teddy bear", "a chair"],  # optional, one per box; without "boxes", --detect finds them
      "prompt": "a teddy bear (sitting on:25) a chair",        # optional
      "settings": {"refine_steps": 100, "seed": 3},            # optional PipelineSettings fields
      "truth": {"seed": 3, "objects": 3, "image_size": 256}}   # procedural scenes only
@@ -77,9 +77,9 @@ def _check_line(line: dict) -> str | None:
         return f"unknown key(s) {unknown}; expected some of {list(LINE_KEYS)}"
     if not isinstance(line.get("image"), str) or not line["image"]:
         return 'no "image": give the picture\'s path, e.g. "image": "pictures/scene_1.png"'
-    if "boxes" not in line:
-        return ('no "boxes": give one pixel box (x0, y0, x1, y1) per object, e.g. "boxes": [[10, 20, 110, 140]] '
-                "(detecting objects from phrases alone is not part of batch runs yet)")
+    if "boxes" not in line and not line.get("phrases"):
+        return ('no "boxes" and no "phrases": give one pixel box (x0, y0, x1, y1) per object, e.g. "boxes": '
+                '[[10, 20, 110, 140]], or the objects\' "phrases" and run with --detect DIR to find their boxes')
     if "prompt" in line and not isinstance(line["prompt"], str):
         return f'"prompt": expected text, got {type(line["prompt"]).__name__}'
     if "phrases" in line and not isinstance(line["phrases"], (str, list)):

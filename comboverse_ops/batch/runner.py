@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..pipeline import PipelineSettings, models_root
 from .commit import OutputFolder
-from .manifest import SceneEntry, read_manifest, scene_hash
+from .manifest import ManifestError, SceneEntry, read_manifest, scene_hash
 from .worker import SceneJob, SceneWorker
 
 __all__ = ["BatchSettings", "WorkerPool", "run_batch", "run_scenes", "start_ray", "BatchResult"]
@@ -315,7 +315,7 @@ def run_scenes(pool: WorkerPool, entries: list[SceneEntry], out: OutputFolder, s
                 fail(entry, 0, f"image: cannot read {entry.image} ({e.strerror or e}); fix the line's "
                                f"\"image\" (relative to the manifest's folder {manifest_dir})")
                 continue
-            job = SceneJob(entry.id, hashes[entry.id], entry.line["image"], image, entry.line["boxes"],
+            job = SceneJob(entry.id, hashes[entry.id], entry.line["image"], image, entry.line.get("boxes"),
                            _scene_settings(entry, settings, manifest_dir), entry.line.get("truth"),
                            bs.stand_ins, attempts + 1)
             ref = pool.actors[w].run.remote(job)
@@ -395,6 +395,13 @@ def run_batch(manifest: str | Path, out_dir: str | Path, settings: PipelineSetti
     manifest = Path(manifest)
     entries = read_manifest(manifest)
     settings = _absolute(settings, Path.cwd())
+    need_detector = [e.id for e in entries if e.error is None and "boxes" not in e.line
+                     and not (settings.detect or e.line.get("settings", {}).get("detect"))]
+    if need_detector:  # a setting of the whole run, like the model files: said before any scene
+        more = " ..." if len(need_detector) > 5 else ""
+        raise ManifestError(f"manifest {manifest}: scene(s) {need_detector[:5]}{more}"
+                            ' give "phrases" but no "boxes"; pass --detect DIR (an OWLv2 folder saved with '
+                            'save_pretrained) to find their boxes, or give each line its "boxes"')
     with OutputFolder(out_dir) as out:
         todo = [e for e in entries if not out.is_done(e.id, scene_hash(e, settings, bs.stand_ins))]
         log(f"manifest {manifest}: {len(entries)} scenes, {len(entries) - len(todo)} already done in {out.root}")

@@ -34,7 +34,8 @@ class SceneJob:
         id, hash: the scene's id and :func:`.manifest.scene_hash`.
         image_name: the picture's path as given in the manifest (for the report).
         image_bytes: the picture file's contents.
-        boxes: as in the manifest line (list or JSON text).
+        boxes: as in the manifest line (list or JSON text), or None: the detector finds them from the
+            phrases (``settings.detect``).
         settings: the scene's PipelineSettings (prompt, phrases, per-scene fields applied).
         truth: ``{"seed", "objects", "image_size"}`` of a procedural scene, or None.
         stand_ins: compose procedural scenes from their true masks and meshes (the demo's stand-ins
@@ -199,6 +200,9 @@ class SceneWorker:
             if settings.depth:
                 from ..depth import check_depth_folder
                 check_depth_folder(settings.depth)
+            if settings.detect:
+                from ..detect import check_detector_folder
+                check_detector_folder(settings.detect)
         except (FileNotFoundError, ValueError) as e:
             return f"{socket.gethostname()}: {e}"
         return None
