@@ -33,11 +33,23 @@ PLAYWRIGHT_CORE_DIR = os.environ.get("PLAYWRIGHT_CORE_DIR")
 CHROMIUM = shutil.which("chromium")
 
 
-def _boxes_prompt(server) -> dict:
+@pytest.fixture(scope="module")
+def example(server) -> dict:
+    """The two-object picture these tests (and tools/box_editor_check.mjs) load as input/example.png,
+    with its true boxes and phrases."""
+    from comboverse_ops.atomic import save_png_atomic
+    from tiny_models import occluded_pair
+
+    proc, obs = occluded_pair()
+    save_png_atomic(server["base"] / "input" / "example.png", obs.image)
+    return {"boxes": obs.boxes.round().tolist(), "phrases": list(proc.phrases)}
+
+
+def _boxes_prompt(example) -> dict:
     """Load Image -> ComboVerse Boxes (the boxes as the editor writes them) -> Segment -> Lift3D ->
     InitPose -> ExportMesh, with the tiny models; small sizes keep it fast on a CPU."""
     drawn = [{"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0, "label": phrase}
-             for (x0, y0, x1, y1), phrase in zip(json.loads(server["boxes"]), server["phrases"].split("\n"))]
+             for (x0, y0, x1, y1), phrase in zip(example["boxes"], example["phrases"])]
     return {
         "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
         "2": {"class_type": "ComboVerseLoadSAM", "inputs": {"sam_name": "sam_vit_h_4b8939.pth"}},
@@ -59,10 +71,10 @@ def _boxes_prompt(server) -> dict:
     }
 
 
-def test_boxes_node_and_glb_metadata_inside_comfyui(server):
+def test_boxes_node_and_glb_metadata_inside_comfyui(server, example):
     """Boxes -> Segment inside ComfyUI: named objects in the GLB, Segment's mask overlay as its UI
     output, and the workflow the frontend sends (extra_pnginfo) in the GLB's asset.extras."""
-    prompt = _boxes_prompt(server)
+    prompt = _boxes_prompt(example)
     graph = {"nodes": [{"id": int(k), "type": v["class_type"]} for k, v in prompt.items()], "links": [],
              "version": 0.4}  # what matters: it comes back unchanged
     body = json.dumps({"prompt": prompt, "client_id": "comboverse-test",
@@ -83,7 +95,7 @@ def test_boxes_node_and_glb_metadata_inside_comfyui(server):
     assert (server["base"] / "temp" / overlay["subfolder"] / overlay["filename"]).is_file()
     shown = entry["outputs"]["8"]["3d"][0]
     gltf = glb_json((server["base"] / "output" / shown["subfolder"] / shown["filename"]).read_bytes())
-    assert [n["extras"]["phrase"] for n in gltf["nodes"]] == server["phrases"].split("\n")
+    assert [n["extras"]["phrase"] for n in gltf["nodes"]] == example["phrases"]
     assert json.loads(gltf["asset"]["extras"]["workflow"]) == graph
     stored = json.loads(gltf["asset"]["extras"]["prompt"])  # ComfyUI adds is_changed to some nodes
     assert {k: (v["class_type"], v["inputs"]) for k, v in stored.items()} == \
@@ -92,7 +104,7 @@ def test_boxes_node_and_glb_metadata_inside_comfyui(server):
 
 @pytest.mark.skipif(not PLAYWRIGHT_CORE_DIR or not CHROMIUM or not shutil.which("node"),
                     reason="set PLAYWRIGHT_CORE_DIR and install node and chromium (tools/box_editor_check.mjs)")
-def test_boxes_drawn_in_the_real_frontend_become_named_objects_in_the_glb(server, tmp_path):
+def test_boxes_drawn_in_the_real_frontend_become_named_objects_in_the_glb(server, example, tmp_path):
     shot = ROOT / "docs" / "screenshots" / "box_editor.jpg" if os.environ.get("COMBOVERSE_SCREENSHOTS") \
         else tmp_path / "box_editor.jpg"
     result = subprocess.run(["node", str(ROOT / "tools" / "box_editor_check.mjs"), "--url", server["url"],
