@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from .determinism import request_reproducible_blas
+
 __all__ = ["main", "run_demo"]
 
 
@@ -207,6 +209,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # MKL's GEMM bits independent of the thread count, chosen before the first product (determinism.py)
+    request_reproducible_blas()
     parser = _Parser(prog="comboverse", description="ComboVerse: compositional image-to-3D.", formatter_class=_Help)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

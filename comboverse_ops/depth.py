@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .determinism import serial_bilinear
 from .models.cache import MODEL_CACHE, ModelCache, ModelKey
 
 __all__ = [
@@ -214,8 +215,9 @@ def estimate_disparity(model: DepthModel, image_hwc: torch.Tensor) -> torch.Tens
         raise ValueError(f"estimate_disparity: expected an image [H, W, 3] in [0, 1], got {tuple(image_hwc.shape)}")
     h, w = image_hwc.shape[:2]
     x = preprocess_image_hwc(image_hwc.to(model.device), model.preprocess).to(model.dtype)
-    pred = model.module(pixel_values=x).predicted_depth  # [1, h', w'] relative inverse depth
-    d = F.interpolate(pred[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    with serial_bilinear():  # the network's head and our resize: bits independent of the thread count
+        pred = model.module(pixel_values=x).predicted_depth  # [1, h', w'] relative inverse depth
+        d = F.interpolate(pred[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
     if not torch.isfinite(d).all():
         raise ValueError(f"estimate_disparity: the model gave NaN/inf values (dtype {model.dtype}); "
                          "try float32")

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .camera import Cameras, project_points, unproject_pixel
-from .determinism import ordered_mean
+from .determinism import ordered_mean, serial_bilinear
 from .layout import Layout
 from .mesh import Mesh
 from .pose import Pose
@@ -83,7 +83,8 @@ def depth_from_image(depth_image: torch.Tensor, image_size: tuple[int, int], wha
     if d.ndim != 2:
         raise ValueError(f"{what}: expected [1, H, W, C] or [H, W], got {tuple(depth_image.shape)}")
     if tuple(d.shape) != tuple(image_size):
-        d = F.interpolate(d[None, None].float(), size=image_size, mode="bilinear", align_corners=False)[0, 0]
+        with serial_bilinear():  # bits independent of the thread count
+            d = F.interpolate(d[None, None].float(), size=image_size, mode="bilinear", align_corners=False)[0, 0]
     if not torch.isfinite(d).all():
         raise ValueError(f"{what}: contains NaN or inf values")
     return d.float()

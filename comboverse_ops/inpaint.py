@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .crops import CropTransform, RecenterSettings, crop_window_bchw, recenter_object, square_window
+from .determinism import serial_bilinear
 from .layout import Layout
 from .segment import SegmentSettings, clean_mask, source_rgb
 
@@ -301,9 +302,11 @@ def complete_with_sd(model, windows: InpaintWindows, prompts, settings: InpaintS
                 callback(_k * n + step + 1, n * len(todo))
             return kwargs
 
-        image = windows.images[i].permute(2, 0, 1)[None]
+        # NCHW-contiguous: a permuted (channels-last) image makes the VAE's group_norm add
+        # per-thread partial sums (determinism.py)
+        image = windows.images[i].permute(2, 0, 1)[None].contiguous()
         mask = windows.inpaint_masks[i][None, None]
-        with torch.inference_mode():
+        with torch.inference_mode(), serial_bilinear():
             result = pipe(prompt=prompts[i], negative_prompt=settings.negative_prompt or None, image=image,
                           mask_image=mask, height=r, width=r, strength=1.0, num_inference_steps=settings.steps,
                           guidance_scale=settings.guidance_scale,

@@ -240,9 +240,11 @@ def sam_masks(sam, rgb: torch.Tensor, boxes: torch.Tensor | None, points: list[t
     """
     import numpy as np
 
+    from .determinism import serial_bilinear
+
     if predictor is None:
         predictor = sam.predictor()
-        with torch.inference_mode():
+        with torch.inference_mode(), serial_bilinear():
             predictor.set_image(_image_uint8(rgb), image_format="RGB")
     masks, scores = [], []
     for i in range(len(points)):
@@ -254,7 +256,7 @@ def sam_masks(sam, rgb: torch.Tensor, boxes: torch.Tensor | None, points: list[t
         if box is not None:
             b = box.tolist()
             kwargs["box"] = np.array([b[0], b[1], b[2] - 1, b[3] - 1], dtype=np.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), serial_bilinear():  # SAM upsamples its masks bilinearly
             cand, cand_scores, _ = predictor.predict(**kwargs)
         best = int(np.argmax(cand_scores))
         mask = clean_mask(torch.from_numpy(cand[best]), box, settings)

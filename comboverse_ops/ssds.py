@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from .attention import TokenWeights, install_spatial_attention, remove_spatial_attention
 from .camera import Cameras
-from .determinism import ordered_sum
+from .determinism import ordered_sum, serial_bilinear
 from .render import render_scene
 from .scene import Scene
 from .spatial_tokens import SpatialPrompt, parse_spatial_prompt
@@ -261,10 +261,12 @@ class SSDSGuidance:
 
     def encode(self, rgb_bhwc: torch.Tensor) -> torch.Tensor:
         """``[B, H, W, 3]`` float in [0, 1] -> ``[B, 4, h, w]`` scaled latents (VAE mean), differentiable."""
-        x = rgb_bhwc.permute(0, 3, 1, 2).to(self.device)
+        # NCHW-contiguous: channels-last makes the VAE's group_norm depend on the thread count
+        x = rgb_bhwc.permute(0, 3, 1, 2).contiguous().to(self.device)
         res = self.model_resolution
         if x.shape[-2:] != (res, res):
-            x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False)
+            with serial_bilinear():
+                x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False)
         x = (x * 2 - 1).to(self.dtype)
         vae = self.model.vae
         return vae.encode(x).latent_dist.mean * vae.config.scaling_factor

@@ -43,6 +43,105 @@ def test_same_seed_gives_the_same_glb_and_report_with_1_and_2_threads(tmp_path):
     assert not stale.exists()
 
 
+@pytest.fixture(scope="module")
+def networks(tmp_path_factory):
+    """Every network `comboverse run` uses, tiny, in the real file formats, and a picture."""
+    from comboverse_ops.atomic import save_png_atomic
+    from tiny_models import (occluded_pair, save_tiny_depth_anything, save_tiny_sam, save_tiny_sd,
+                             save_tiny_triposr)
+
+    root = tmp_path_factory.mktemp("networks")
+    models = root / "models"
+    save_tiny_sam(models / "sams" / "sam_tiny.pth")
+    _, inpaint_cfg, _, _ = save_tiny_sd(models / "checkpoints", "sd2", inpainting=True)
+    guidance, guidance_cfg, _, _ = save_tiny_sd(root / "guidance", "sd2", inpainting=False)
+    save_tiny_triposr(models / "triposr")
+    depth = save_tiny_depth_anything(models / "depth_anything" / "tiny")
+    proc, obs = occluded_pair()
+    image = save_png_atomic(root / "picture.png", obs.image)
+    return ["run", str(image), "--boxes", json.dumps(obs.boxes.round().tolist()),
+            "--phrases", json.dumps(list(proc.phrases)), "--prompt", proc.prompt, "--models", str(models),
+            "--inpaint-config", str(inpaint_cfg), "--guidance", str(guidance), "--guidance-config",
+            str(guidance_cfg), "--depth", str(depth), "--inpaint-steps", "2", "--inpaint-resolution", "64",
+            "--mc-resolution", "24", "--density-threshold", "0.5", "--max-faces", "400", "--steps", "3",
+            "--refine-resolution", "48", "--ssds-views", "1", "--ssds-resolution", "32", "--preview-size", "64",
+            "--device", "cpu"]
+
+
+def _run_in_subprocess(argv: list[str], out, threads: int) -> tuple[bytes, dict]:
+    """``comboverse run`` in a fresh process (as a user starts it) with ``threads`` torch threads."""
+    code = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(ROOT)!r})
+        torch.set_num_threads({threads})
+        from comboverse_ops.cli import main
+        sys.exit(main({argv + ["--out", str(out)]!r}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, timeout=600, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.with_name(out.stem + "_report.json").read_text())
+    return out.read_bytes(), report
+
+
+def test_run_with_every_network_gives_the_same_glb_and_report_with_1_and_2_threads(networks, tmp_path):
+    """SAM, SD inpainting, TripoSR, Depth Anything and SD guidance: oneDNN's 1x1 convolutions,
+    MKL's GEMM, bilinear resizing and channels-last group_norm followed the thread count here."""
+    one = _run_in_subprocess(networks, tmp_path / "one" / "scene.glb", 1)
+    two = _run_in_subprocess(networks, tmp_path / "two" / "scene.glb", 2)
+    assert one[1]["models"]["depth"]["kind"].startswith("Depth Anything")  # every network ran
+    assert any(o["inpainted"] for o in one[1]["objects"]) and "guidance_ssds" in one[1]["losses"]["final"]
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "files", "settings")}  # noqa: E731
+    assert json.dumps(strip(one[1])) == json.dumps(strip(two[1]))  # poses, losses, face counts
+    assert hashlib.sha256(one[0]).hexdigest() == hashlib.sha256(two[0]).hexdigest()  # byte-identical GLB
+
+
+def test_1x1_convolutions_of_loaded_models_give_the_same_bits_with_any_thread_count():
+    from comboverse_ops.determinism import thread_invariant_convs
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(320, 640, 1), torch.nn.Conv2d(640, 64, 3, padding=1),
+                              torch.nn.Conv2d(64, 32, 1, bias=False))
+    x = torch.randn(2, 320, 16, 16)
+    with torch.no_grad():
+        stock = net(x)
+        assert thread_invariant_convs(net) == 2 and thread_invariant_convs(net) == 0  # the 3x3 stays
+        threads, outs = torch.get_num_threads(), []
+        try:
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                outs.append(net(x))
+        finally:
+            torch.set_num_threads(threads)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    torch.testing.assert_close(outs[0], stock, rtol=1e-5, atol=1e-5)  # the same convolution
+    assert set(net.state_dict()) == {"0.weight", "0.bias", "1.weight", "1.bias", "2.weight"}
+
+
+def test_serial_bilinear_runs_only_plain_bilinear_resizes_in_one_thread(monkeypatch):
+    import torch.nn.functional as F
+
+    from comboverse_ops import determinism
+
+    seen = []
+    real = determinism.fixed_threads
+
+    def spy(n=1):
+        seen.append(n)
+        return real(n)
+
+    monkeypatch.setattr(determinism, "fixed_threads", spy)
+    x = torch.rand(1, 3, 40, 40)
+    with determinism.serial_bilinear():
+        a = F.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False)
+        F.interpolate(x, size=(20, 20), mode="bilinear", antialias=True)
+        F.interpolate(x, size=(96, 96), mode="bicubic")
+        (x @ x).sum()
+    assert seen == [1]
+    with real(1):
+        assert torch.equal(a, F.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False))
+
+
 def test_render_gradients_are_bit_identical_with_1_and_2_threads():
     from comboverse_ops.camera import Cameras
     from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene

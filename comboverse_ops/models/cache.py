@@ -3,7 +3,9 @@
 Keys are ``(kind, file, dtype, device)``: the same file loaded as fp16 on the GPU and as fp32 on
 the CPU are two entries. A file changed on disk (new size or mtime) is loaded again. Inside
 ComfyUI the node layer loads weights onto ComfyUI's offload device and hands the module to
-ComfyUI's memory manager; the CLI moves whole stages with :meth:`ModelCache.offload`.
+ComfyUI's memory manager; the CLI moves whole stages with :meth:`ModelCache.offload`. Every
+model loaded through the cache computes its 1x1 convolutions as matrix products on the CPU, so
+their bits do not depend on the thread count (:func:`..determinism.thread_invariant_convs`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ..determinism import thread_invariant_convs
 
 __all__ = ["ModelKey", "ModelCache", "MODEL_CACHE"]
 
@@ -69,6 +73,7 @@ class ModelCache:
                 del self._models[old]
             log.info("loading %s from %s (%s, %s)", key.kind, key.file, key.dtype, key.device)
             model = load()
+            thread_invariant_convs(model)  # same bits with any CPU thread count (determinism.py)
             self._models[key] = model
             return model
 
