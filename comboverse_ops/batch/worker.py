@@ -177,6 +177,9 @@ class SceneWorker:
     """
 
     def __init__(self, device: str = "cpu", threads: int = 1, setup=None):
+        from ..determinism import request_reproducible_blas
+
+        request_reproducible_blas()  # before this process's first matrix product, as the CLI does
         self.device = device
         torch.set_num_threads(max(1, int(threads)))
         if setup is not None:
