@@ -171,3 +171,26 @@ def test_a_core_only_install_says_where_the_node_classes_are(tmp_path):
     assert run.returncode == 2, run.stderr[-3000:]
     assert "node classes" in run.stderr and "python -m comboverse_ops.cli run-workflow" in run.stderr \
         and "pip install -e" in run.stderr, run.stderr
+
+
+def test_a_graph_file_a_missing_model_and_a_missing_input_are_named_before_anything_runs(folders, tmp_path, capsys):
+    from comboverse_ops.cli import main
+
+    root, model_files, env = folders
+    folders_args = ["--models", env["COMBOVERSE_MODELS_DIR"], "--input", env["COMBOVERSE_INPUT_DIR"]]
+    broken = json.loads(_small_workflow("layout_from_meshes", model_files, env["boxes"], tmp_path).read_text())
+    broken["3"]["inputs"]["sam_name"] = "sam_vit_l_0b3195.pth"  # not in models/sams
+    del broken["6"]["inputs"]["fov_deg"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    cases = ((ROOT / "workflows" / "layout_only.json", ["graph (UI-format) workflow", "Export (API)"]),
+             (tmp_path / "broken.json", ["node 3 (ComboVerseLoadSAM)", "'sam_vit_l_0b3195.pth' is not in the models/sams",
+                                         "node 6 (ComboVerseInitPose): required input(s) ['fov_deg']"]))
+    for workflow, named in cases:
+        out = tmp_path / "out"
+        capsys.readouterr()
+        assert main(["run-workflow", str(workflow), *folders_args, "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith("comboverse: error: workflow: ") and len(captured.err.splitlines()) == 1
+        for n in named:
+            assert n in captured.err, (n, captured.err)
+        assert not captured.out and not out.exists()
