@@ -43,40 +43,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from comboverse_ops.batch import (BatchSettings, OutputFolder, WorkerPool, read_manifest, run_scenes,  # noqa: E402
                                   start_ray, write_procedural_manifest)
 from comboverse_ops.pipeline import PipelineSettings  # noqa: E402
+from stand_ins import substitution_notes  # noqa: E402
 
 
 def substitute_random_outputs(benchmarks_dir: str) -> None:
     """Run in every GPU worker: SAM masks -> the ellipse in each box; TripoSR density -> a blob
-    (after the networks ran, so their cost is counted; see benchmarks/pipeline.py)."""
+    (after the networks ran, so their cost is counted; benchmarks/stand_ins.py)."""
     if benchmarks_dir not in sys.path:
         sys.path.insert(0, benchmarks_dir)
-    import torch
+    from stand_ins import substitute_trained_outputs
 
-    import comboverse_ops.segment as segment
-    from comboverse_ops.lift3d.triposr import TripoSR
-    from lift3d import blob_density
-
-    run_sam = segment.sam_masks
-
-    def sam_masks(sam, rgb, boxes, points, settings=segment.SegmentSettings(), *, predictor=None):
-        masks, scores = run_sam(sam, rgb, boxes, points, settings, predictor=predictor)
-        h, w = rgb.shape[:2]
-        yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-        out = []
-        for x0, y0, x1, y1 in boxes.tolist():
-            cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, max((x1 - x0) / 2, 1), max((y1 - y0) / 2, 1)
-            out.append(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1)
-        return torch.stack(out).to(masks.device), scores
-
-    segment.sam_masks = sam_masks
-    run_query = TripoSR.query
-
-    def query(self, triplane, points):
-        out = run_query(self, triplane, points)
-        out["density"] = blob_density(points.float()).to(out["density"])
-        return out
-
-    TripoSR.query = query
+    substitute_trained_outputs()
 
 
 def copies_manifest(base: Path, n: int) -> Path:
@@ -210,8 +187,7 @@ def main(argv=None) -> int:
             "device": device, "cards": names, "torch": torch.__version__, "pools": results,
             "warmup_seconds": round(warm.seconds, 2), "scenes_per_worker": args.scenes_per_worker,
             "objects": objects, "image_size": size, "settings": asdict(settings),
-            "batch": asdict(bs), "substituted": ["SAM masks -> ellipse in each box",
-                                                 "TripoSR density -> object-like blob"] if real else
+            "batch": asdict(bs), "substituted": substitution_notes(picture_masks=False) if real else
             ["stand-ins: true masks and meshes (comboverse demo), no models"]}, indent=1, default=str))
         print(f"wrote {args.json}")
     return 0

@@ -30,7 +30,8 @@ substitutes what a trained model would give: SAM's masks -> the picture's true m
 ellipse in the box when re-segmenting an inpainted window), so the same object is occluded and
 inpainted; TripoSR's density -> an object-like blob (``benchmarks/lift3d.py``), so marching
 cubes, decimation to 50,000 faces and the refine renderer see object-sized meshes. The SD and
-depth outputs are used as they come (noise in, noise out: the cost is the same).
+depth outputs are used as they come (noise in, noise out: the cost is the same). The
+substitutes live in ``benchmarks/stand_ins.py``, shared with ``benchmarks/batch.py``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # tiny_models: the tests' builders for 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from comboverse_ops.pipeline import PipelineSettings, run_pipeline  # noqa: E402
+from stand_ins import substitute_trained_outputs  # noqa: E402
 
 GOAL_SECONDS, GOAL_GB = 60.0, 12.0
 STAGES = ("segment", "inpaint", "lift3d", "init_pose", "refine", "export")
@@ -169,47 +171,6 @@ def write_models(root: Path, tiny: bool, device, depth: str) -> dict[str, Path]:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return files
-
-
-# ---------------------------------------------------------------------------------------------
-# Substitutes for the outputs of random weights (module doc)
-
-
-def substitute_trained_outputs(true_masks: torch.Tensor, image_hw: tuple[int, int]) -> list[str]:
-    """Patch SAM's masks and TripoSR's density (after the networks ran); return what was done."""
-    import comboverse_ops.segment as segment
-    from comboverse_ops.lift3d.triposr import TripoSR
-    from lift3d import blob_density
-
-    run_sam = segment.sam_masks
-
-    def sam_masks(sam, rgb, boxes, points, settings=segment.SegmentSettings(), *, predictor=None):
-        masks, scores = run_sam(sam, rgb, boxes, points, settings, predictor=predictor)
-        if tuple(rgb.shape[:2]) == image_hw:  # the picture: its true masks, matched by box
-            from comboverse_ops.layout import boxes_from_masks
-
-            true_boxes = boxes_from_masks(true_masks)
-            pick = torch.cdist(boxes.float(), true_boxes.float()).argmin(1)
-            return true_masks[pick].bool(), scores
-        h, w = rgb.shape[:2]  # an inpainted window: the ellipse inscribed in the box
-        yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-        out = []
-        for x0, y0, x1, y1 in boxes.tolist():
-            cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, max((x1 - x0) / 2, 1), max((y1 - y0) / 2, 1)
-            out.append(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1)
-        return torch.stack(out), scores
-
-    segment.sam_masks = sam_masks
-    run_query = TripoSR.query
-
-    def query(self, triplane, points):
-        out = run_query(self, triplane, points)
-        out["density"] = blob_density(points.float()).to(out["density"])
-        return out
-
-    TripoSR.query = query
-    return ["SAM masks -> the picture's true masks (inpainted windows: the ellipse in the box)",
-            "TripoSR density -> an object-like blob (benchmarks/lift3d.py)"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
     comboverse demo [--out DIR] [--seed N]
     comboverse run IMAGE --boxes '[[x0,y0,x1,y1], ...]' [--prompt TEXT] [--models DIR] [--out scene.glb]
     comboverse batch MANIFEST.jsonl --out DIR [--procedural N] [--address RAY] (Ray; comboverse_ops/batch/)
+    comboverse run-workflow WORKFLOW.json [--models DIR] [--input DIR] [--out DIR] (comboverse_ops/workflow.py)
 
 Errors: bad input (a flag, a file, a picture, a checkpoint) prints one line,
 ``comboverse: error: ...`` naming the flag or file, what was expected and what was found, and
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                            "from the shipped spatial prior (comboverse_ops/demo_ssds.py)")
     _add_run_parser(sub)
     _add_batch_parser(sub)
-    for p in (demo, sub.choices["run"], sub.choices["batch"]):
+    _add_run_workflow_parser(sub)
+    for p in (demo, sub.choices["run"], sub.choices["batch"], sub.choices["run-workflow"]):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error")
     args = parser.parse_args(argv)
@@ -236,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_command(args)
         if args.command == "batch":
             return _batch_command(args)
+        if args.command == "run-workflow":
+            return _run_workflow_command(args)
         if args.ssds:
             from .demo_ssds import run_ssds_demo
 
@@ -357,6 +361,37 @@ def _settings_from_args(args, prompt: str = "", phrases: str | None = None, devi
         depth=args.depth, fov_deg=args.fov, elevation_deg=args.elevation, refine_steps=args.steps,
         refine_resolution=args.refine_resolution, ssds_weight=args.ssds_weight, ssds_views=args.ssds_views,
         ssds_resolution=args.ssds_resolution, preview_size=args.preview_size, **extra)
+
+
+def _add_run_workflow_parser(sub) -> None:
+    """``comboverse run-workflow WORKFLOW.json`` (comboverse_ops/workflow.py)."""
+    w = sub.add_parser("run-workflow", help="an API-format ComfyUI workflow of this pack, headless, through the "
+                                            "pack's node classes", formatter_class=_Help)
+    w.add_argument("workflow", help="the workflow in ComfyUI's API format (Workflow > Export (API); the pack's "
+                                    "workflows/api/*.json)")
+    w.add_argument("--models", default=None, help="ComfyUI's models folder: sams/, checkpoints/, triposr/, ... "
+                                                  "(default: $COMBOVERSE_MODELS_DIR or ./models)")
+    w.add_argument("--input", default=None, help="ComfyUI's input folder: LoadImage's pictures, Meshes From File's "
+                                                 "meshes (default: $COMBOVERSE_INPUT_DIR or ./input)")
+    w.add_argument("--out", default=None, help="ComfyUI's output folder: ExportMesh writes its GLB under it "
+                                               "(default: $COMBOVERSE_OUTPUT_DIR or ./output)")
+
+
+def _run_workflow_command(args, log=print) -> int:
+    import os
+
+    from .workflow import (FOLDER_VARIABLES, core_nodes, host_folders, load_node_classes, read_workflow,
+                           run_workflow, written_files)
+
+    prompt = read_workflow(args.workflow)
+    folders = {what: Path(getattr(args, what if what != "output" else "out")
+                          or os.environ.get(variable) or what) for what, variable in FOLDER_VARIABLES.items()}
+    node_classes = load_node_classes()
+    with host_folders(folders["models"], folders["input"], folders["output"]):
+        _, ui = run_workflow(prompt, node_classes, core_nodes(folders["input"]), log=log)
+    for path in written_files(ui, folders["output"]):
+        log(f"wrote {path}")
+    return 0
 
 
 def _add_batch_parser(sub) -> None:

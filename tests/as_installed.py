@@ -131,28 +131,13 @@ def imported_outside(allowed: set[str], before: set[str], watch: ImportWatch, pa
     return outside
 
 
-def core_stand_ins(input_dir: Path) -> dict:
-    """Core nodes the workflows use, standing in outside ComfyUI. LoadImage reads the picture as
-    ComfyUI does (RGB in [0, 1], MASK = 1 - alpha). The core inpainting chain between Inpaint
-    Prepare and Inpaint Finish passes the pixels through unchanged: it is ComfyUI's own code, not
-    the pack's, and runs for real in tests/test_comfyui_real.py."""
-    import numpy as np
-    import torch
-    from PIL import Image, ImageOps
-
-    def load_image(image):
-        with Image.open(input_dir / image) as im:
-            im = ImageOps.exif_transpose(im)
-            rgb = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)[None]
-            if "A" in im.getbands():
-                alpha = torch.from_numpy(np.asarray(im.getchannel("A"), dtype=np.float32) / 255.0)
-                mask = (1.0 - alpha)[None]
-            else:
-                mask = torch.zeros(1, *rgb.shape[1:3])
-        return rgb, mask
-
+def core_stand_ins(workflow, input_dir: Path) -> dict:
+    """Core nodes the workflows use, standing in outside ComfyUI: LoadImage as `comboverse
+    run-workflow` runs it (``workflow``: the pack's comboverse_ops.workflow). The core inpainting
+    chain between Inpaint Prepare and Inpaint Finish passes the pixels through unchanged: it is
+    ComfyUI's own code, not the pack's, and runs for real in tests/test_comfyui_real.py."""
     return {
-        "LoadImage": load_image,
+        **workflow.core_nodes(input_dir),
         "CheckpointLoaderSimple": lambda ckpt_name: (None, None, None),
         "CLIPTextEncode": lambda text, clip: (None,),
         "InpaintModelConditioning": lambda positive, negative, vae, pixels, mask, noise_mask=True:
@@ -176,7 +161,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(int(spec.get("threads", 1)))
     runner = _load_file_module("workflow_runner", spec["runner"])
     pack = load_pack_folder(Path(spec["pack"]))
-    core = core_stand_ins(Path(os.environ["COMBOVERSE_INPUT_DIR"]))
+    core = core_stand_ins(runner.workflow_module(pack), Path(os.environ["COMBOVERSE_INPUT_DIR"]))
     report = {"pack_module": pack.__name__, "workflows": {}, "nodes_run": []}
     for path in spec["workflows"]:
         prompt = json.loads(Path(path).read_text())

@@ -56,6 +56,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-# Running an API-format workflow through the node classes lives in workflow_runner.py, which the
-# installed-like check (tests/as_installed.py) also loads in a process without this file's sys.path.
-from workflow_runner import DISPLAY_ONLY, api_order, run_api_workflow  # noqa: E402,F401
+# Running an API-format workflow through the node classes (the runner of `comboverse run-workflow`)
+# goes through workflow_runner.py, which the installed-like check (tests/as_installed.py) also loads
+# in a process without this file's sys.path.
+from workflow_runner import api_order, run_api_workflow  # noqa: E402,F401

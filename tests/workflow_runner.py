@@ -1,41 +1,36 @@
-"""Running an API-format workflow through the node classes, as ComfyUI's executor would.
+"""Running an API-format workflow through the node classes in tests: the product's runner
+(comboverse_ops/workflow.py, the code behind ``comboverse run-workflow``), with widget values
+overridden and core nodes stood in for.
 
 Plain functions with no import-time side effects (no ``sys.path`` edits): tests/conftest.py
 uses them in the test process, and tests/as_installed.py in a process where the pack is only a
-folder, as in ComfyUI's custom_nodes.
+folder, as in ComfyUI's custom_nodes; so the runner is always taken from the loaded pack.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+import copy
+import importlib
 
 
-DISPLAY_ONLY = {"PreviewImage", "Preview3D"}  # core output nodes: ComfyUI runs them (tests/test_comfyui_real.py)
+def workflow_module(pack):
+    """The pack's own comboverse_ops.workflow (the pack as ComfyUI loaded it, not a checkout)."""
+    return importlib.import_module(pack.__name__ + ".comboverse_ops.workflow")
 
 
 def api_order(prompt: dict) -> list[str]:
     """The prompt's node ids in an order where every node comes after its inputs."""
-    deps = defaultdict(set)
-    for key, node in prompt.items():
-        for value in node["inputs"].values():
-            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
-                deps[key].add(value[0])
-    indeg = {k: len(deps[k]) for k in prompt}
-    users = defaultdict(list)
-    for k, ds in deps.items():
-        for d in ds:
-            users[d].append(k)
-    ready = deque(sorted(k for k, n in indeg.items() if n == 0))
-    order = []
-    while ready:
-        k = ready.popleft()
-        order.append(k)
-        for u in users[k]:
-            indeg[u] -= 1
-            if indeg[u] == 0:
-                ready.append(u)
-    assert len(order) == len(prompt), "the API workflow has a cycle"
-    return order
+    from comboverse_ops.workflow import execution_order
+
+    return execution_order(prompt)
+
+
+def with_overrides(prompt: dict, overrides: dict | None) -> dict:
+    """A copy of ``prompt`` whose nodes of class ``k`` take the values ``overrides[k]``."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        node["inputs"].update((overrides or {}).get(node["class_type"], {}))
+    return prompt
 
 
 def run_api_workflow(pack, prompt: dict, overrides: dict | None = None, core: dict | None = None) -> dict:
@@ -45,22 +40,6 @@ def run_api_workflow(pack, prompt: dict, overrides: dict | None = None, core: di
     ``{class_type: function(**inputs) -> outputs}`` standing in for core nodes (LoadImage);
     display-only core nodes are skipped.
     """
-    results = {}
-    for key in api_order(prompt):
-        node = prompt[key]
-        kind = node["class_type"]
-        if kind in DISPLAY_ONLY:
-            continue
-        kwargs = {name: results[v[0]][v[1]] if isinstance(v, list) else v for name, v in node["inputs"].items()}
-        kwargs.update((overrides or {}).get(kind, {}))
-        if core and kind in core:
-            results[key] = core[kind](**kwargs)
-            continue
-        cls = pack.NODE_CLASS_MAPPINGS[kind]
-        out = getattr(cls(), cls.FUNCTION)(**kwargs)
-        if isinstance(out, dict):
-            out = out["result"]
-        assert len(out) == len(cls.RETURN_TYPES), f"node {key} ({kind})"
-        results[key] = out
-    return results
-
+    outputs, _ = workflow_module(pack).run_workflow(with_overrides(prompt, overrides), pack.NODE_CLASS_MAPPINGS,
+                                                    core=core)
+    return outputs
