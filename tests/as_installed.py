@@ -28,6 +28,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 PACKAGE = "comboverse_ops"
@@ -175,11 +176,14 @@ def main(argv: list[str]) -> int:
                     and "sam" in node["inputs"] and "masks" not in node["inputs"] and "boxes" not in node["inputs"]:
                 node["inputs"]["boxes_text"] = json.dumps(spec["boxes"][:node["inputs"]["auto_objects"]])
                 changed.add(("ComboVerseSegment", "boxes_text"))
-        results = runner.run_api_workflow(pack, prompt, core=core)
+        t0 = time.perf_counter()
+        # Each node's start time, on stdout (shown when the test fails or runs with -s).
+        results = runner.run_api_workflow(pack, prompt, core=core, log=lambda line, t0=t0: print(
+            f"as_installed: {Path(path).stem} {time.perf_counter() - t0:7.1f} s {line}", flush=True))
         glbs = [str(results[k][1]) for k, n in prompt.items() if n["class_type"] == "ComboVerseExportMesh"]
         report["workflows"][Path(path).stem] = {"glbs": glbs, "changed": sorted(map(list, changed))}
         report["nodes_run"] += [n["class_type"] for n in prompt.values()]
-        print(f"as_installed: {Path(path).name}: ran, wrote {glbs}", flush=True)
+        print(f"as_installed: {Path(path).name}: ran in {time.perf_counter() - t0:.1f} s, wrote {glbs}", flush=True)
     report["nodes_run"] = sorted(set(report["nodes_run"]))
     report["comboverse_ops_importable"] = importlib.util.find_spec(PACKAGE) is not None
     # What ComfyUI-Manager installs: requirements.txt, besides the torch and torchvision ComfyUI has.

@@ -33,7 +33,8 @@ def with_overrides(prompt: dict, overrides: dict | None) -> dict:
     return prompt
 
 
-def run_api_workflow(pack, prompt: dict, overrides: dict | None = None, core: dict | None = None) -> dict:
+def run_api_workflow(pack, prompt: dict, overrides: dict | None = None, core: dict | None = None,
+                     log=None) -> dict:
     """Run ``prompt`` node by node; return each node's outputs by id.
 
     ``overrides``: ``{class_type: {input: value}}`` replacing widget values. ``core``:
@@ -41,5 +42,5 @@ def run_api_workflow(pack, prompt: dict, overrides: dict | None = None, core: di
     display-only core nodes are skipped.
     """
     outputs, _ = workflow_module(pack).run_workflow(with_overrides(prompt, overrides), pack.NODE_CLASS_MAPPINGS,
-                                                    core=core)
+                                                    core=core, log=log)
     return outputs
