@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from ..comboverse_ops.models.precision import model_dtype
 from . import host
 
 DEPTH_MODEL = "COMBOVERSE_DEPTH_MODEL"  # comboverse_ops.depth.DepthModel
@@ -92,13 +91,7 @@ class LoadDepthModel:
     def load(self, model_folder):
         from ..comboverse_ops.depth import load_depth_model
 
-        folder = resolve_depth_folder(model_folder)
-        load_device, offload = host.model_devices()
-        dtype = model_dtype("auto", load_device)
-        try:
-            return (load_depth_model(folder, device=offload, dtype=dtype),)
-        except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"{_LOADER}: {e}") from e
+        return (host.load_from_folder(load_depth_model, resolve_depth_folder(model_folder), _LOADER),)
 
 
 class Depth:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..comboverse_ops.models.precision import model_dtype
 from . import host
 from .segment import single_image
 
@@ -34,12 +33,7 @@ class LoadDetector:
         from ..comboverse_ops.detect import load_detector
 
         folder = host.resolve_model_folder(DETECTOR_FOLDER, model_folder, _LOADER, _WHAT)
-        load_device, offload = host.model_devices()
-        dtype = model_dtype("auto", load_device)
-        try:
-            return (load_detector(folder, device=offload, dtype=dtype),)
-        except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"{_LOADER}: {e}") from e
+        return (host.load_from_folder(load_detector, folder, _LOADER),)
 
 
 class Detect:

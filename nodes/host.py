@@ -373,6 +373,19 @@ def model_devices() -> tuple[torch.device, torch.device]:
     return torch.device(mm.get_torch_device()), torch.device(mm.unet_offload_device())
 
 
+def load_from_folder(load, folder, node: str):
+    """``load(folder, device=..., dtype=...)`` for a loader node: onto ComfyUI's offload device, in
+    the precision of the device it will run on (one policy, comboverse_ops.models.precision); a
+    file problem names ``node``."""
+    from ..comboverse_ops.models.precision import model_dtype
+
+    load_device, offload = model_devices()
+    try:
+        return load(folder, device=offload, dtype=model_dtype("auto", load_device))
+    except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"{node}: {e}") from e
+
+
 def intermediate_device() -> torch.device:
     """Where node outputs live (ComfyUI's intermediate device; the CPU outside ComfyUI)."""
     try:
