@@ -18,16 +18,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
 
-const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
-const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
-// As tools/workflow_screenshots.mjs sets them: no first-run dialog, nothing drawn over the graph.
-const SETTINGS = {
-  'Comfy.TutorialCompleted': true,
-  'Comfy.Minimap.Visible': false,
-  'Comfy.Graph.CanvasMenu': false,
-  'Comfy.Graph.CanvasInfo': false,
-};
+import { CHROMIUM_FLAGS, SETTINGS, sleep } from './frontend_common.mjs';
 
 function parseArgs(argv) {
   const args = { url: null, playwright: process.env.PLAYWRIGHT_CORE_DIR, chromium: '/usr/bin/chromium',

@@ -61,6 +61,8 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
 
+import { CHROMIUM_FLAGS, SETTINGS, sleep } from './frontend_common.mjs';
+
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const PACK = 'ComfyUI-ComboVerse'; // the folder name users clone into custom_nodes/ (README)
 const EXAMPLE_PICTURE = 'comboverse_example.png'; // in workflows/; the workflows' Load Image names it
@@ -72,17 +74,6 @@ const MARGIN = 24; // CSS pixels around the graph in the pictures
 // them in both.
 const OPEN_SCALE = 1;
 const OPEN_AT = [72, 92];
-const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
-// Server-side user settings of the temporary base directory: the frontend's defaults, except that
-// nothing is drawn over the graph: no first-run template dialog, no minimap, zoom buttons or
-// render statistics in the canvas's corners. How the graph itself is drawn is left at the defaults.
-const SETTINGS = {
-  'Comfy.TutorialCompleted': true,
-  'Comfy.Minimap.Visible': false,
-  'Comfy.Graph.CanvasMenu': false,
-  'Comfy.Graph.CanvasInfo': false,
-};
 
 function parseArgs(argv) {
   const args = { comfyui: process.env.COMFYUI_DIR, python: 'python3', chromium: '/usr/bin/chromium',
@@ -131,7 +122,6 @@ function freePort() {
   });
 }
 
-const sleep = (ms) => new Promise((ok) => setTimeout(ok, ms));
 
 function graphWorkflowNames() {
   return readdirSync(join(REPO, 'workflows')).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5)).sort();
