@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_models: the tests' tiny architectures and tokenizer
 
-from comboverse_ops.layout import Layout  # noqa: E402
+from comboverse_ops.types.layout import Layout  # noqa: E402
 
 
 def sync(device):
@@ -98,10 +98,10 @@ def main(argv=None) -> int:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     resolution = args.resolution or (64 if args.tiny else 512)
 
-    from comboverse_ops.inpaint import InpaintSettings, complete_with_sd, object_prompt, prepare_inpaint_windows
+    from comboverse_ops.decompose.inpaint import InpaintSettings, complete_with_sd, object_prompt, prepare_inpaint_windows
     from comboverse_ops.models.sam import SAM_ARCHITECTURES, LoadedSam, SamArchitecture, build_sam
     from comboverse_ops.models.sd import shipped_config_dir
-    from comboverse_ops.segment import SegmentSettings, sam_masks
+    from comboverse_ops.decompose.segment import SegmentSettings, sam_masks
     from tiny_models import SAM_TINY, tiny_sd_configs, write_config_dir, write_tiny_tokenizer
 
     import diffusers

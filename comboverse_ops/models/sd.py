@@ -124,7 +124,7 @@ def read_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint") -> dic
     Pickled files are read with ``weights_only=True`` (no code runs); a ``"state_dict"`` wrapper
     (PyTorch Lightning) is unwrapped.
     """
-    from ..files import check_weights_file
+    from ..meshio.files import check_weights_file
 
     path = check_weights_file(path, what)  # damaged, truncated or not a checkpoint: said here, cheaply
     if path.suffix.lower() in (".safetensors", ".sft"):
@@ -660,7 +660,7 @@ def check_sd_source(path: str | os.PathLike, *, expect: str | None = None, confi
     """Raise what :func:`load_sd_model` would for a missing or damaged file, config folder or
     tokenizer, cheaply (headers and JSON files only, no weights), so that a run fails before its
     first model runs rather than minutes later."""
-    from ..files import check_weights_file
+    from ..meshio.files import check_weights_file
 
     path = Path(path)
     if not path.exists():
