@@ -299,7 +299,7 @@ def test_empty_mesh_into_init_pose_is_named(pack):
 
 def test_bad_obj_and_truncated_glb_name_the_file(tmp_path):
     from comboverse_ops import Pose, Scene, SceneObject
-    from comboverse_ops.meshio.export import write_glb
+    from comboverse_ops.meshio.glb import write_glb
     from comboverse_ops.meshio.meshes_in import mesh_from_file
     from comboverse_ops.synthetic.primitives import make_primitive
 

@@ -1,4 +1,4 @@
-"""GLB export, mesh-file loading and ComfyUI MESH arrays (comboverse_ops.meshio.export)."""
+"""GLB export (comboverse_ops.meshio.glb), mesh-file loading (meshio.meshes_in) and ComfyUI MESH arrays (meshio.core_mesh)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import pytest
 import torch
 import trimesh
 
-from comboverse_ops.meshio import export
-from comboverse_ops.meshio.export import (load_mesh_file, meshes_from_mesh_arrays, scene_to_glb_bytes,
-                                   scene_to_mesh_arrays, write_glb)
+from comboverse_ops.meshio import glb
+from comboverse_ops.meshio.core_mesh import meshes_from_mesh_arrays, scene_to_mesh_arrays
+from comboverse_ops.meshio.glb import scene_to_glb_bytes, write_glb
+from comboverse_ops.meshio.meshes_in import load_mesh_file
 from comboverse_ops.types.mesh import Mesh
 from comboverse_ops.types.pose import Pose
 from comboverse_ops.types.scene import Scene, SceneObject
@@ -203,7 +204,7 @@ def test_interrupted_write_removes_its_temp_file(tmp_path, monkeypatch):
 
     def refuse(src, dst):
         raise OSError("disk full")
-    monkeypatch.setattr(export.os, "replace", refuse)
+    monkeypatch.setattr(glb.os, "replace", refuse)
     with pytest.raises(OSError, match="disk full"):
         write_glb(make_scene("mixed"), path)
     assert path.read_bytes() == before

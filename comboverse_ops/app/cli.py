@@ -74,7 +74,7 @@ def run_demo(out_dir: str | Path, seed: int = 0, size: int = 256, objects: int =
     truth, initialisation, refined; columns: reference view, two novel views) and ``report.json``
     (poses, losses, pose errors, timings) into ``out_dir`` in one commit; return the report."""
     from ..meshio.atomic import png_bytes, remove_stale_temporaries, write_files_atomic
-    from ..meshio.export import scene_to_glb_bytes
+    from ..meshio.glb import scene_to_glb_bytes
     from ..meshio.files import check_output_file
     from ..compose.init_pose import InitSettings, init_poses
     from ..types.layout import Layout

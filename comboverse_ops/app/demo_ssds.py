@@ -40,7 +40,7 @@ def run_ssds_demo(out_dir: str | Path, *, steps: int = 200, device: str = "cpu",
     from ..synthetic.ambiguous import set_scene
     from ..meshio.atomic import write_files_atomic
     from .cli import _ProgressBar, labelled_grid_png
-    from ..meshio.export import scene_to_glb_bytes
+    from ..meshio.glb import scene_to_glb_bytes
     from ..meshio.files import check_output_file
     from ..synthetic.metrics import scene_metrics
     from ..models.sd import load_sd_model

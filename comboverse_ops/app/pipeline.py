@@ -320,7 +320,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     """
     from ..meshio.atomic import png_bytes, remove_stale_temporaries, write_files_atomic
     from ..decompose.crops import RecenterSettings
-    from ..meshio.export import scene_to_glb_bytes
+    from ..meshio.glb import scene_to_glb_bytes
     from ..compose.init_pose import InitSettings, init_poses, reference_camera
     from ..decompose.inpaint import inpaint_objects
     from ..types.layout import layout_meta, parse_boxes

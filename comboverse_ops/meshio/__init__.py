@@ -5,7 +5,8 @@ In: mesh files (GLB / glTF / OBJ / PLY), ComfyUI core ``MESH`` values (``vertice
 Out: canonical-frame :class:`~.types.mesh.Mesh` objects; GLB files (one node per scene object);
 core ``MESH`` arrays; files that appear complete or not at all.
 
-- :mod:`.export`: :class:`~.types.scene.Scene` -> GLB bytes / file, core ``MESH`` arrays.
+- :mod:`.glb`: :class:`~.types.scene.Scene` -> GLB bytes / file (one node per object, poses as TRS).
+- :mod:`.core_mesh`: a scene -> core ``MESH`` arrays (merged, world space) and back.
 - :mod:`.meshes_in`: core ``MESH`` values and mesh files -> canonical object meshes.
 - :mod:`.decimate`, :mod:`.frames`: face budget, and a source's front / up axes -> the canonical frame.
 - :mod:`.frame_preview`: a picture of how imported meshes sit in the canonical frame.

@@ -27,10 +27,12 @@ one object.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,8 +41,10 @@ from .decimate import MAX_FACES, decimate
 from .frames import to_canonical_frame
 from ..types.mesh import Mesh
 
-__all__ = ["meshes_from_core_mesh", "core_mesh_items", "mesh_from_file", "merge_meshes", "canonical_object",
-           "texture_to_vertex_colors", "append_objects"]
+__all__ = ["meshes_from_core_mesh", "core_mesh_items", "mesh_from_file", "load_mesh_file", "merge_meshes",
+           "canonical_object", "texture_to_vertex_colors", "append_objects"]
+
+logger = logging.getLogger(__name__)
 
 
 def canonical_object(mesh: Mesh, *, front: str = "+Z", up: str = "+Y", max_faces: int = MAX_FACES) -> Mesh:
@@ -203,6 +207,103 @@ def merge_meshes(meshes: list[Mesh], name: str) -> Mesh:
                 name=name).validate()
 
 
+def _unit_colors(colors) -> np.ndarray:
+    """``[N, 3]`` float32 RGB in [0, 1] from float or normalised-integer RGB(A) colours."""
+    c = np.asarray(colors)[:, :3]
+    scale = float(np.iinfo(c.dtype).max) if c.dtype.kind in "ui" else 1.0
+    return np.clip(c.astype(np.float32) / scale, 0.0, 1.0)
+
+
+def _mesh_from_trimesh(geom, transform: np.ndarray, name: str, linear_colors: bool = False) -> Mesh:
+    """A :class:`Mesh` from a ``trimesh.Trimesh`` with ``transform`` (``[4, 4]``) baked into it.
+
+    ``linear_colors``: the file stores vertex colours and colour factors as linear values (glTF;
+    trimesh hands them over unconverted), so they are turned into the pack's sRGB values."""
+    import trimesh
+
+    verts = trimesh.transformations.transform_points(np.asarray(geom.vertices, dtype=np.float64), transform)
+    visual, colors, uvs, texture, factor = geom.visual, None, None, None, None
+    if visual.kind == "texture":
+        material = visual.material
+        if getattr(material, "baseColorFactor", None) is not None:  # glTF: multiplies colours
+            factor = _unit_colors(np.asarray(material.baseColorFactor)[None])[0]
+        image = getattr(material, "baseColorTexture", None)
+        if image is None:
+            image = getattr(material, "image", None)
+        if image is not None and getattr(visual, "uv", None) is not None:
+            # trimesh already flipped glTF uvs to the OpenGL convention (v up) on load.
+            uvs = np.asarray(visual.uv, dtype=np.float32)
+            texture = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        if "color" in visual.vertex_attributes:  # glTF COLOR_0 next to a material
+            colors = _unit_colors(visual.vertex_attributes["color"])
+    elif visual.kind in ("vertex", "face"):
+        colors = _unit_colors(visual.vertex_colors)
+    if factor is not None and texture is None:
+        colors = np.broadcast_to(factor, verts.shape) if colors is None else colors * factor
+    if colors is not None and linear_colors:
+        colors = linear_to_srgb(np.ascontiguousarray(colors)).numpy()
+
+    def tensor(a):
+        return None if a is None else torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
+    return Mesh(vertices=tensor(verts), faces=torch.as_tensor(np.asarray(geom.faces), dtype=torch.int64),
+                vertex_colors=tensor(colors), uvs=tensor(uvs), texture=tensor(texture), name=name).validate()
+
+
+def load_mesh_file(path: str | os.PathLike) -> list[Mesh]:
+    """Triangle meshes of a GLB / glTF / OBJ / PLY file (anything trimesh reads), via trimesh.
+
+    Each mesh instance in the file's scene graph becomes one :class:`Mesh` in the file's world
+    frame (node transforms applied), named after its node (made unique). Vertex colours and a
+    base-colour texture with uvs are kept (uvs in the OpenGL convention of :mod:`.mesh`; colours
+    as sRGB values, converted from linear for .glb / .gltf, see :mod:`.colorspace`); point
+    clouds and lines are skipped.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file holds no triangle mesh.
+    """
+    import trimesh
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"mesh file not found: {str(path)!r}")
+    try:
+        loaded = trimesh.load(str(path), force="scene", process=False)
+    except Exception as e:  # noqa: BLE001 - trimesh raises many types for damaged files; name the file
+        raise ValueError(f"mesh file {str(path)!r}: cannot be read ({_mesh_read_error(path, e)}); expected a "
+                         "complete GLB / glTF / OBJ / PLY file") from None
+    gltf = path.suffix.lower() in (".glb", ".gltf")  # linear colours; OBJ / PLY colours are sRGB
+    meshes, used = [], set()
+    # trimesh lists nodes in reverse; order them by geometry, i.e. by mesh order in the file.
+    geometry_order = {name: i for i, name in enumerate(loaded.geometry)}
+    instances = sorted(((node, *loaded.graph[node]) for node in loaded.graph.nodes_geometry),
+                       key=lambda item: geometry_order.get(item[2], len(geometry_order)))
+    for node, transform, geom_name in instances:
+        geom = loaded.geometry[geom_name]
+        if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
+            logger.info("%s: skipping %r (%s, not a triangle mesh)", path, node, type(geom).__name__)
+            continue
+        name, k = str(node), 1
+        while name in used:
+            name, k = f"{node}_{k}", k + 1
+        used.add(name)
+        meshes.append(_mesh_from_trimesh(geom, np.asarray(transform), name, linear_colors=gltf))
+    if not meshes:
+        raise ValueError(f"mesh file {str(path)!r}: expected at least one triangle mesh, found none")
+    return meshes
+
+
+def _mesh_read_error(path: Path, err: Exception) -> str:
+    """What went wrong reading a mesh file, in words (an OBJ face past its vertices is common)."""
+    if isinstance(err, IndexError) and path.suffix.lower() == ".obj":
+        with open(path, "rb") as f:
+            n = sum(1 for line in f if line.startswith(b"v "))
+        return f"a face refers to a vertex past the file's {n} vertices ({err})"
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    return f"{type(err).__name__}: {str(err)[:200]}; damaged, truncated or not a mesh"
+
+
 def mesh_from_file(path: str | os.PathLike, *, front: str = "+Z", up: str = "+Y", max_faces: int = MAX_FACES,
                    name: str | None = None) -> Mesh:
     """One canonical-frame object from a GLB / glTF / OBJ / PLY file (all its meshes merged).
@@ -211,8 +312,6 @@ def mesh_from_file(path: str | os.PathLike, *, front: str = "+Z", up: str = "+Y"
         FileNotFoundError: no such file.
         ValueError: the file holds no triangle mesh, or bad axes.
     """
-    from .export import load_mesh_file
-
     path = Path(path)
     name = name or path.stem
     return canonical_object(merge_meshes(load_mesh_file(path), name), front=front, up=up, max_faces=max_faces)

@@ -10,8 +10,8 @@ out of the pack, and only there:
 ============================================  ===========  ===============================
 boundary                                      its values   where the conversion happens
 ============================================  ===========  ===============================
-glTF ``COLOR_0`` and ``baseColorFactor``      linear       ``export.scene_to_glb_bytes`` /
-(glTF 2.0 spec, "Metallic-Roughness                        ``export.load_mesh_file`` (.glb,
+glTF ``COLOR_0`` and ``baseColorFactor``      linear       ``glb.scene_to_glb_bytes`` /
+(glTF 2.0 spec, "Metallic-Roughness                        ``meshes_in.load_mesh_file`` (.glb,
 Material": factors and vertex colours are                  .gltf)
 linear)
 glTF ``baseColorTexture`` images (PNG/JPEG)   sRGB         none: stored as they are
