@@ -82,7 +82,7 @@ def size_of(path: Path) -> float:
 def write_sd(path: Path, config: str, device) -> None:
     from safetensors.torch import save_file
 
-    from comboverse_ops.models.sd import shipped_config_dir
+    from comboverse_ops.models.sd_checkpoint import shipped_config_dir
     from tiny_models import build_sd_models, text_to_ldm, unet_to_ldm, vae_to_ldm
 
     family = "sd2" if config.startswith("sd2") else "sd1"

@@ -41,12 +41,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from comboverse_ops.compose.init_pose import init_poses
 from comboverse_ops.types.layout import Layout
-from comboverse_ops.models.sd import (
-    SDCheckpointInfo,
-    SDModel,
-    load_clip_tokenizer,
-    shipped_config_dir,
-)
+from comboverse_ops.models.sd import SDModel
+from comboverse_ops.models.sd_checkpoint import SDCheckpointInfo, shipped_config_dir
+from comboverse_ops.models.sd_text import load_clip_tokenizer
 from comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene
 from comboverse_ops.compose.refine import RefineSettings, RefineTargets, refine_poses
 from comboverse_ops.guidance.ssds import SSDSGuidance, SSDSSettings, sds_loss

@@ -7,7 +7,7 @@ from tiny_models import write_tiny_tokenizer
 
 @pytest.fixture(scope="module", params=["sd1", "sd2"])
 def tokenizer(request, tmp_path_factory):
-    from comboverse_ops.models.sd import load_clip_tokenizer
+    from comboverse_ops.models.sd_text import load_clip_tokenizer
 
     folder = tmp_path_factory.mktemp("tok")
     write_tiny_tokenizer(folder)
