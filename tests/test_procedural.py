@@ -11,8 +11,8 @@ import torch
 from comboverse_ops.types.camera import Cameras, box_corners, project_boxes, project_points
 from comboverse_ops.types.pose import Pose, rotvec_to_matrix
 from comboverse_ops.synthetic.primitives import PRIMITIVE_KINDS, box, cylinder, make_primitive, sphere, torus
+from comboverse_ops.synthetic.placement import SCENE_RELATIONS
 from comboverse_ops.synthetic.procedural import (
-    SCENE_RELATIONS,
     ProceduralSettings,
     boxes_from_masks,
     make_procedural_scene,

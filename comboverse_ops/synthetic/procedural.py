@@ -23,13 +23,12 @@ import torch
 
 from ..types.camera import Cameras, box_corners, project_boxes, project_points
 from ..types.layout import boxes_from_masks
-from ..types.mesh import Mesh
-from ..types.pose import Pose, matrix_to_rotvec, rotvec_to_matrix
+from ..types.pose import Pose
+from .placement import SCENE_RELATIONS, PlacedObject, lay_out, uniform
 from .primitives import PRIMITIVE_KINDS, make_primitive
 from ..types.scene import Scene, SceneObject
 
 __all__ = [
-    "SCENE_RELATIONS",
     "COLOR_PALETTE",
     "ProceduralSettings",
     "ProceduralScene",
@@ -40,14 +39,6 @@ __all__ = [
     "boxes_from_masks",
     "world_aabb",
 ]
-
-# The relations the generator draws, as they appear in its prompts and ``ProceduralScene.relations``
-# (each is one of spatial_tokens.RELATION_PHRASES, so SSDS marks it in a prompt). "beside" and
-# "next to" are synonyms; "partly occluding" is "in front of" plus an overlap in the reference view.
-SCENE_RELATIONS = ("on top of", "beside", "next to", "in front of", "behind", "partly occluding")
-_GROUND_RELATIONS = ("beside", "next to", "in front of", "behind", "partly occluding")
-# Shapes with a flat horizontal top that can carry another object.
-_FLAT_TOPPED = ("box", "cylinder")
 
 # Named colours (distinct hues, none close to the white background); names become object names.
 COLOR_PALETTE = (
@@ -207,151 +198,6 @@ def world_aabb(obj: SceneObject) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Layout
-
-
-@dataclass
-class _Placed:
-    """Working record of one object during layout (world units, python floats)."""
-
-    kind: str
-    color: str
-    mesh: Mesh
-    proxy: Mesh  # a coarse copy of the shape for quick image-space checks
-    scale: float
-    rotvec: tuple[float, float, float]
-    translation: list[float]
-    lo: list[float]
-    hi: list[float]
-    on_ground: bool
-    can_support: bool
-    top_inradius: float  # radius of the disc inscribed in the flat top face (0 if none)
-
-
-def _uniform(rng: random.Random, lo_hi) -> float:
-    return rng.uniform(float(lo_hi[0]), float(lo_hi[1]))
-
-
-def _rotvec(yaw: float, tilt: float, tilt_axis: int) -> tuple[float, float, float]:
-    """Rotation vector of ``R_yaw @ R_tilt`` (tilt about the canonical x or z axis), radians in."""
-    if tilt == 0:
-        return (0.0, yaw, 0.0)
-    t = [0.0, 0.0, 0.0]
-    t[tilt_axis] = tilt
-    m = rotvec_to_matrix(torch.tensor([0.0, yaw, 0.0], dtype=torch.float64)) @ rotvec_to_matrix(
-        torch.tensor(t, dtype=torch.float64))
-    return tuple(float(x) for x in matrix_to_rotvec(m))
-
-
-def _relative_bounds(mesh: Mesh, scale: float, rotvec) -> tuple[list[float], list[float]]:
-    """AABB of the mesh scaled and rotated about its canonical origin (no translation)."""
-    v = Pose.create(scale, rotvec).apply(mesh.vertices)
-    return v.amin(0).tolist(), v.amax(0).tolist()
-
-
-def _collides(p: _Placed, others: list[_Placed], tol: float = 1e-5) -> bool:
-    """True when ``p``'s AABB overlaps another's by more than ``tol`` on all three axes."""
-    for o in others:
-        if all(min(p.hi[a], o.hi[a]) - max(p.lo[a], o.lo[a]) > tol for a in range(3)):
-            return True
-    return False
-
-
-def _place(rng: random.Random, s: ProceduralSettings, kind: str, color: str, mesh: Mesh, proxy: Mesh,
-           ref: _Placed | None, phrase: str | None) -> _Placed | None:
-    """Pose one object relative to ``ref`` so that ``phrase`` holds; None when it cannot."""
-    lo_c, hi_c = mesh.bounds()
-    canon_ext = (hi_c - lo_c).tolist()
-    flat = kind in _FLAT_TOPPED
-    yaw = math.radians(_uniform(rng, s.yaw_range_deg))
-    tilt = 0.0
-    if s.max_tilt_deg > 0 and phrase in _GROUND_RELATIONS and rng.random() < 0.5:
-        tilt = math.radians(rng.uniform(-s.max_tilt_deg, s.max_tilt_deg))
-    rotvec = _rotvec(yaw, tilt, rng.choice((0, 2)))
-    scale = _uniform(rng, s.size_range)
-    if phrase == "on top of":
-        lo1, hi1 = _relative_bounds(mesh, 1.0, rotvec)
-        radius1 = 0.5 * math.hypot(hi1[0] - lo1[0], hi1[2] - lo1[2])
-        # Whole footprint within the support's top face: circumscribed disc inside its inscribed one.
-        cap = 0.85 * ref.top_inradius / radius1
-        if cap < 0.5 * s.size_range[0]:
-            return None
-        scale = min(scale, cap)
-    lo, hi = _relative_bounds(mesh, scale, rotvec)
-    ext = [h - l for l, h in zip(lo, hi)]
-    mid = [(l + h) / 2 for l, h in zip(lo, hi)]
-    t = [0.0, -lo[1], 0.0]  # resting on the ground: lowest point at y = 0
-    if ref is not None:
-        rext = [h - l for l, h in zip(ref.lo, ref.hi)]
-        rmid = [(l + h) / 2 for l, h in zip(ref.lo, ref.hi)]
-        gap = _uniform(rng, s.gap_range)
-        if phrase == "on top of":
-            r, a = 0.15 * ref.top_inradius * math.sqrt(rng.random()), rng.uniform(0, 2 * math.pi)
-            t[0] = ref.translation[0] + r * math.cos(a) - mid[0]
-            t[2] = ref.translation[2] + r * math.sin(a) - mid[2]
-            t[1] = ref.hi[1] - lo[1]
-        elif phrase in ("beside", "next to"):
-            t[0] = ref.hi[0] + gap - lo[0] if rng.random() < 0.5 else ref.lo[0] - gap - hi[0]
-            t[2] = rmid[2] + rng.uniform(-0.25, 0.25) * rext[2] - mid[2]
-        elif phrase in ("in front of", "behind"):
-            t[0] = rmid[0] + rng.uniform(-0.5, 0.5) * (ext[0] + rext[0]) / 2 - mid[0]
-            t[2] = ref.hi[2] + gap - lo[2] if phrase == "in front of" else ref.lo[2] - gap - hi[2]
-        elif phrase == "partly occluding":
-            gap = rng.uniform(s.gap_range[0], (s.gap_range[0] + s.gap_range[1]) / 2)
-            side = rng.choice((-1.0, 1.0))
-            t[0] = rmid[0] + side * rng.uniform(0.3, 0.65) * (ext[0] + rext[0]) / 2 - mid[0]
-            t[2] = ref.hi[2] + gap - lo[2]
-        else:
-            raise ValueError(f"unknown relation phrase {phrase!r}; expected one of {SCENE_RELATIONS}")
-    on_ground = phrase != "on top of"
-    return _Placed(kind, color, mesh, proxy, scale, rotvec, t, [l + x for l, x in zip(lo, t)],
-                   [h + x for h, x in zip(hi, t)], on_ground, flat and tilt == 0,
-                   0.5 * min(canon_ext[0], canon_ext[2]) * scale if flat else 0.0)
-
-
-def _candidates(phrase: str, placed: list[_Placed], supporting: set[int]) -> list[int]:
-    if phrase == "on top of":
-        return [j for j, p in enumerate(placed) if p.can_support and j not in supporting]
-    return [j for j, p in enumerate(placed) if p.on_ground]
-
-
-def _layout(rng: random.Random, s: ProceduralSettings, specs):
-    """One attempt at placing all objects: (placed, relations as index triples) or None."""
-    placed: list[_Placed] = []
-    relations: list[tuple[int, str, int]] = []
-    supporting: set[int] = set()
-    for i, (kind, color, mesh, proxy) in enumerate(specs):
-        if i == 0:
-            placed.append(_place(rng, s, kind, color, mesh, proxy, None, None))
-            continue
-        for _ in range(s.placement_attempts):
-            phrase = rng.choice(s.relations)
-            cands = _candidates(phrase, placed, supporting)
-            if not cands:
-                continue
-            j = rng.choice(cands)
-            p = _place(rng, s, kind, color, mesh, proxy, placed[j], phrase)
-            if p is None or _collides(p, placed):
-                continue
-            placed.append(p)
-            relations.append((i, phrase, j))
-            if phrase == "on top of":
-                supporting.add(j)
-            break
-        else:
-            return None
-    # Centre the layout on the origin in x and z (relations are translation invariant).
-    cx = (min(p.lo[0] for p in placed) + max(p.hi[0] for p in placed)) / 2
-    cz = (min(p.lo[2] for p in placed) + max(p.hi[2] for p in placed)) / 2
-    for p in placed:
-        for a, c in ((0, cx), (2, cz)):
-            p.translation[a] -= c
-            p.lo[a] -= c
-            p.hi[a] -= c
-    return placed, relations
-
-
-# ----------------------------------------------------------------------------------------------
 # Camera
 
 
@@ -404,7 +250,7 @@ def _framing(boxes: list[tuple], vertices: list[torch.Tensor]) -> tuple[torch.Te
     return torch.cat([v.detach().float().cpu() for v in vertices]), box_corners((lo + hi) / 2, (hi - lo) / 2)
 
 
-def _silhouette_masks(placed: list[_Placed], cam: Cameras, stride: float) -> torch.Tensor:
+def _silhouette_masks(placed: list[PlacedObject], cam: Cameras, stride: float) -> torch.Tensor:
     """``[N, h, w]`` bool: each object's silhouette sampled on a grid of ``stride`` pixels.
 
     A point-in-triangle test over the projected faces (front and back) of the coarse proxy
@@ -433,7 +279,7 @@ def _silhouette_masks(placed: list[_Placed], cam: Cameras, stride: float) -> tor
     return out
 
 
-def _view_is_valid(placed: list[_Placed], relations, cam: Cameras) -> bool:
+def _view_is_valid(placed: list[PlacedObject], relations, cam: Cameras) -> bool:
     """Every object keeps most of its silhouette free of nearer ones; 'partly occluding' overlaps."""
     masks = _silhouette_masks(placed, cam, stride=max(cam.width, cam.height) / 64)
     area = masks.flatten(1).sum(1).clamp_min(1)
@@ -494,7 +340,7 @@ def make_procedural_scene(seed: int, settings: ProceduralSettings | None = None,
                                   name=f"{cname}_{kind}", **shape)
             proxy = make_primitive(kind, rgb, target_faces=min(s.faces_per_object, 300), **shape)
             specs.append((kind, cname, mesh, proxy))
-        laid = _layout(rng, s, specs)
+        laid = lay_out(rng, s, specs)
         if laid is None:
             continue
         placed, relations = laid
@@ -502,7 +348,7 @@ def make_procedural_scene(seed: int, settings: ProceduralSettings | None = None,
         verts, corners = _framing([(p.lo, p.hi) for p in placed], posed)
         target = (0.0, max(p.hi[1] for p in placed) / 2, 0.0)
         for _ in range(4):
-            el, az = _uniform(rng, s.elevation_range_deg), _uniform(rng, s.azimuth_range_deg)
+            el, az = uniform(rng, s.elevation_range_deg), uniform(rng, s.azimuth_range_deg)
             radius = _fit_radius(verts, corners, el, az, target, s.fov_y_deg, size, s.margin)
             jittered = radius * (1 + rng.uniform(0, s.zoom_jitter))
             if bool(_fits(verts, corners, Cameras.orbit(el, az, jittered, s.fov_y_deg, size, size, target),
