@@ -45,6 +45,9 @@ VARIANTS = {  # name -> RefineSettings (None: initialisation only)
     "paper+support": RefineSettings(weights=replace(PAPER, support=1e4), lr_rotation=0.001),
     DEFAULT: RefineSettings(),
     "camera+all": RefineSettings(weights=replace(LossWeights(), silhouette=1000.0)),
+    # speed schedules of the twenty-second issue (docs/pipeline_benchmark.md)
+    "default, 120 steps": RefineSettings(steps=120),
+    "default, stop 0.002": RefineSettings(stop_tolerance=0.002),
     "ray": RefineSettings(parameterization="ray", weights=PAPER),
     "ray+support": RefineSettings(parameterization="ray", weights=replace(PAPER, support=1e4)),
     "ray+all": RefineSettings(parameterization="ray", weights=replace(LossWeights(), silhouette=1000.0)),
@@ -83,12 +86,17 @@ def run_one(task) -> dict:
     t0 = time.perf_counter()
     settings = VARIANTS[variant]
     if settings is not None:
-        start = refine_poses(start, RefineTargets.from_masks(obs.image, obs.masks),
-                             replace(settings, steps=steps, backend="torch")).scene
+        # a variant's own step count wins over --steps
+        steps = settings.steps if settings.steps != RefineSettings().steps else steps
+        result = refine_poses(start, RefineTargets.from_masks(obs.image, obs.masks),
+                              replace(settings, steps=steps, backend="torch"))
+        start, steps_run = result.scene, result.steps
+    else:
+        steps_run = 0
     seconds = time.perf_counter() - t0
     m = scene_metrics(start, proc.scene, novel_cameras(proc, 4))
     return {"seed": seed, "depth": level, "variant": variant, "objects": len(proc.scene.objects),
-            "seconds": seconds, **m}
+            "seconds": seconds, "steps_run": steps_run, **m}
 
 
 def summarise(rows: list[dict]) -> str:
@@ -96,7 +104,7 @@ def summarise(rows: list[dict]) -> str:
             ("rotation_deg", "rot err (deg)", 1), ("box3d_iou", "3D box IoU", 3), ("ref_mask_iou", "ref IoU", 3),
             ("novel_mask_iou", "novel IoU", 3), ("novel_mask_iou_aligned", "novel IoU aligned", 3),
             ("interpenetration", "interpen. (1e-3 u^3)", 2),
-            ("seconds", "s/scene", 1)]
+            ("steps_run", "steps", 0), ("seconds", "s/scene", 1)]
     init = {(r["seed"], r["depth"]): r for r in rows if r["variant"] == "init"}
     out = ["| depth input | variant | " + " | ".join(c[1] for c in cols) + " | aligned novel IoU > init |",
            "|---|---|" + "---|" * (len(cols) + 1)]
@@ -107,7 +115,8 @@ def summarise(rows: list[dict]) -> str:
                 continue
             cells = []
             for key, _, digits in cols:
-                v = statistics.mean(r[key] for r in sel) * (1000 if key == "interpenetration" else 1)
+                vals = [r[key] for r in sel if key in r]  # rows of earlier runs lack steps_run
+                v = statistics.mean(vals) * (1000 if key == "interpenetration" else 1) if vals else float("nan")
                 cells.append(f"{v:.{digits}f}")
             key = "novel_mask_iou_aligned"
             better = "" if variant == "init" else \

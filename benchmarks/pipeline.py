@@ -114,8 +114,9 @@ def write_depth(folder: Path, dims: dict, device) -> None:
         "image_std": [0.229, 0.224, 0.225]}))
 
 
-def write_models(root: Path, tiny: bool, device, depth: str) -> dict[str, Path]:
-    """The models folder (module doc); returns the files, each timed and sized on stdout."""
+def write_models(root: Path, tiny: bool, device, depth: str, reuse: bool = False) -> dict[str, Path]:
+    """The models folder (module doc); returns the files, each timed and sized on stdout.
+    ``reuse``: files already there are kept (another invocation wrote them)."""
     from comboverse_ops.lift3d.config import load_triposr_config
     from comboverse_ops.lift3d.triposr import TripoSR
     from comboverse_ops.models.sam import SAM_ARCHITECTURES, build_sam
@@ -126,6 +127,10 @@ def write_models(root: Path, tiny: bool, device, depth: str) -> dict[str, Path]:
 
     def timed(name: str, path: Path, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if reuse and path.exists():
+            files[name] = path
+            print(f"  kept {path.relative_to(root)}: {gib(size_of(path)):.2f} GiB")
+            return
         t = time.perf_counter()
         write()
         files[name] = path
@@ -231,6 +236,7 @@ def run_once(label: str, image_path: Path, boxes, out: Path, settings: PipelineS
     mem.close()
     held = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     return {"label": label, "seconds": report["seconds"], "peaks": mem.peaks, "held": held,
+            "refine_steps_run": report.get("refine_steps_run"),
             "faces": [o["faces"] for o in report["objects"]], "inpainted": [o["inpainted"] for o in report["objects"]],
             "losses": report["losses"]}
 
@@ -273,12 +279,17 @@ def main(argv=None) -> int:
     ap.add_argument("--no-guidance", action="store_true", help="refine without SSDS (reference view + physics)")
     ap.add_argument("--runs", type=int, default=2, help="pipeline runs in one process (1st cold, then warm)")
     ap.add_argument("--models", type=Path, default=None, help="models folder to write into (default: a temp dir)")
-    ap.add_argument("--json", type=Path, default=None, help="also write the measurements here")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="write the measurements here (default on a GPU: docs/pipeline_benchmark.json); an existing "
+                         "file of this benchmark gets this invocation appended, so two runs are kept side by side")
     ap.add_argument("--also", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
                     help="one more (warm) run with these settings changed, e.g. --also ssds_views=4; repeatable")
-    for f in fields(PipelineSettings):  # every numeric setting of the run, e.g. --ssds-views 4
-        if f.type in ("int", "float"):
-            ap.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float, default=None)
+    ap.add_argument("--reuse-models", action="store_true",
+                    help="with --models: use the files already there (written by an earlier invocation)")
+    for f in fields(PipelineSettings):  # every numeric or text setting of the run, e.g. --ssds-views 4
+        if f.type in ("int", "float", "str"):
+            ap.add_argument("--" + f.name.replace("_", "-"), type={"int": int, "float": float, "str": str}[f.type],
+                            default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -290,7 +301,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.models or Path(tmp) / "models"
         t = time.perf_counter()
-        files = write_models(root, args.tiny, device, args.depth)
+        files = write_models(root, args.tiny, device, args.depth, reuse=args.reuse_models)
         print(f"  models written in {time.perf_counter() - t:.1f} s")
         size = 128 if args.tiny else 768
         image, boxes, masks, prompt = three_objects(size)
@@ -298,7 +309,7 @@ def main(argv=None) -> int:
         image_path = save_png_atomic(Path(tmp) / "three_objects.png", image)
         notes = substitute_trained_outputs(masks, (size, size))
         overrides = {f.name: getattr(args, f.name) for f in fields(PipelineSettings)
-                     if f.type in ("int", "float") and getattr(args, f.name) is not None}
+                     if f.type in ("int", "float", "str") and getattr(args, f.name) is not None}
         settings = PipelineSettings(models_dir=str(root), device=str(device), prompt=prompt,
                                     inpaint=str(files["inpaint"]), inpaint_config=_str(files.get("inpaint_config")),
                                     guidance=None if args.no_guidance else str(files["guidance"]),
@@ -317,15 +328,42 @@ def main(argv=None) -> int:
         for k, spec in enumerate(args.also):
             changed = parse_also(spec)
             runs.append(run_once(",".join(f"{a}={b}" for a, b in changed.items()), image_path, boxes,
-                                 Path(tmp) / f"also{k}" / "scene.glb", replace(settings, **changed), device))
+                                 Path(tmp) / f"also{k}" / "scene.glb", replace(settings, **changed), device)
+                        | {"changed": changed})
     print()
     print_table(runs, device)
     for n in notes:
         print("substituted:", n)
-    if args.json:
-        args.json.write_text(json.dumps({"device": name, "settings": {k: str(v) for k, v in settings.__dict__.items()},
-                                         "runs": runs}, indent=1, default=str))
+    path = args.json or (ROOT / "docs" / "pipeline_benchmark.json" if device.type == "cuda" else None)
+    if path is not None:
+        write_json(path, name, settings, runs, notes)
     return 0
+
+
+def write_json(path: Path, device_name: str, settings: PipelineSettings, runs: list[dict], notes: list[str]) -> None:
+    """Append this invocation (card, versions, settings, per-stage seconds and peak GiB of every run) to ``path``."""
+    import diffusers
+    import transformers
+
+    def run_record(r: dict) -> dict:
+        return {"label": r["label"], "seconds": r["seconds"], "settings": r.get("changed", {}),
+                "refine_steps_run": r.get("refine_steps_run"),
+                "peak_alloc_gib": {k: round(gib(v[0]), 3) for k, v in r["peaks"].items()},
+                "peak_pool_gib": {k: round(gib(v[1]), 3) for k, v in r["peaks"].items()},
+                "held_after_gib": round(gib(r["held"]), 3), "faces": r["faces"], "inpainted": r["inpainted"]}
+
+    record = {"device": device_name, "torch": torch.__version__, "cuda": torch.version.cuda,
+              "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "settings": {k: v for k, v in settings.__dict__.items() if k not in (
+                  "models_dir", "inpaint", "inpaint_config", "guidance", "guidance_config", "depth", "sam", "lift3d",
+                  "detect")},
+              "substituted": notes, "runs": [run_record(r) for r in runs]}
+    old = json.loads(path.read_text()) if path.exists() else {}
+    invocations = old.get("invocations", []) if old.get("benchmark") == "benchmarks/pipeline.py" else []
+    data = {"benchmark": "benchmarks/pipeline.py", "invocations": invocations + [record]}
+    from comboverse_ops.meshio.atomic import write_bytes_atomic
+    write_bytes_atomic(path, (json.dumps(data, indent=1, default=str) + "\n").encode())
 
 
 def parse_also(spec: str) -> dict:

@@ -109,9 +109,62 @@ def timed(fn, device, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats * 1000
 
 
-def bench_one(model, scene, targets, res: int, views: int, variant: str, device, repeats: int, warmup: int):
-    settings = SSDSSettings(prompt="a red box (on top of:25) a blue box", views=views, render_resolution=res,
-                            backend="auto")
+PROMPT = "a red box (on top of:25) a blue box"
+
+
+def timed_reference_only(scene, targets, device, repeats: int) -> float:
+    """ms per refine iteration without guidance (difference of ``1 + n`` and ``1`` steps)."""
+    def refine(steps):
+        refine_poses(scene, targets, RefineSettings(steps=steps, resolution=128, preview_every=0))
+    refine(2)
+    one = timed(lambda: refine(1), device, 2)
+    many = timed(lambda: refine(1 + 4 * repeats), device, 1)
+    return (many - one) / (4 * repeats)
+
+
+def report_syncs(model, scene, targets, device, model_resolution: int) -> None:
+    """Where a guided refine step waits for the GPU: torch's sync debug mode warns at every
+    synchronising call; the warnings are counted by their innermost frame in the pack."""
+    import collections
+    import traceback
+    import warnings
+
+    settings = SSDSSettings(prompt=PROMPT, views=4, model_resolution=model_resolution or None)
+    sites: collections.Counter = collections.Counter()
+    steps = 6
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1] if "comboverse_ops" in f.filename]
+        where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].line}" if frames \
+            else f"{Path(filename).name}:{lineno}"
+        sites[where] += 1
+
+    with SSDSGuidance(model, settings) as guidance:
+        refine_poses(scene, targets, RefineSettings(steps=2, resolution=128, preview_every=0), guidance=guidance)
+        old = warnings.showwarning
+        warnings.showwarning = record
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    refine_poses(scene, targets, RefineSettings(steps=steps, resolution=128, preview_every=0),
+                                 guidance=guidance)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+        finally:
+            warnings.showwarning = old
+    print(f"GPU syncs in a {steps}-step guided refine (set-up and the final read-back included):")
+    for where, count in sites.most_common():
+        print(f"  {count:4d}  {where}")
+    if not sites:
+        print("  none")
+
+
+def bench_one(model, scene, targets, res: int, views: int, variant: str, device, repeats: int, warmup: int,
+              model_resolution: int = 0):
+    settings = SSDSSettings(prompt=PROMPT, views=views, render_resolution=res, backend="auto",
+                            model_resolution=model_resolution or None)
     guidance = SSDSGuidance(model, settings)
     amp = torch.autocast(device.type, dtype=torch.float16) if variant == "autocast" and device.type == "cuda" \
         else contextlib.nullcontext()
@@ -154,6 +207,10 @@ def main(argv=None) -> None:
     ap.add_argument("--faces", type=int, default=5000, help="faces per object (3 objects)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--model-resolution", type=int, default=0,
+                    help="SSDSSettings.model_resolution (0: the UNet's native 512)")
+    ap.add_argument("--syncs", action="store_true",
+                    help="CUDA: list every place a refine step waits for the GPU (torch's sync debug mode)")
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
@@ -174,6 +231,10 @@ def main(argv=None) -> None:
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"{args.dtype if device.type == 'cuda' else 'fp32'}, torch {torch.__version__}, "
           f"model {'tiny' if args.tiny else 'SD-1.5-sized (random weights)'}")
+    ref_only = timed_reference_only(scene, targets, device, args.repeats)
+    print(f"refine iteration without guidance (reference view + physics): {ref_only:.1f} ms")
+    if args.syncs and device.type == "cuda":
+        report_syncs(build_model(args.tiny, device, dtype), scene, targets, device, args.model_resolution)
     print("| variant | render | views | bare SDS step ms | refine iteration ms | ratio | peak VRAM GiB |")
     print("|---|---|---|---|---|---|---|")
     for variant in variants:
@@ -183,7 +244,7 @@ def main(argv=None) -> None:
             for res in sorted(set(resolutions)):
                 for v in sorted(set(views)):
                     bare, ref, peak = bench_one(model, scene, targets, res, v, variant, device, args.repeats,
-                                                args.warmup)
+                                                args.warmup, args.model_resolution)
                     print(f"| {variant} | {res} | {v} | {bare:.1f} | {ref:.1f} | {ref / bare:.2f} | {peak:.2f} |",
                           flush=True)
         except (RuntimeError, ImportError, OSError, TypeError, ValueError) as e:  # a variant that fails (e.g. torch.compile without a compiler) is reported

@@ -29,7 +29,10 @@ its reference image, so the reference loss no longer resists a depth fix), refer
 full SSDS. Any variant also takes ``c C`` (relation-token reweighting instead of the kind's 1 or
 25) and ``guided P%`` (guidance in the first P% of the steps only, :attr:`RefineSettings.guidance_until`;
 the rest refine on the reference view and physics), and ``depth only`` (the guidance moves each object only along
-its viewing ray, position and size together, :attr:`RefineSettings.guidance_moves`).
+its viewing ray, position and size together, :attr:`RefineSettings.guidance_moves`), ``every K``
+(guidance on every K-th step, :attr:`RefineSettings.guidance_every`), ``stop T`` (the convergence
+stop, :attr:`RefineSettings.stop_tolerance`) and ``N steps`` (instead of ``--steps``): the speed
+schedules of the twenty-second issue, whose rows say the steps actually run.
 ``--variants`` takes names, or the groups ``main``, ``sweeps``, ``core`` (10 variants
 that answer the issue's targets), ``all`` (default),
 separated by ``;`` (any combination can be named, e.g. ``"ssds+phys (10 views, scale 30, az
@@ -109,11 +112,18 @@ class Variant:
     reweight: float | None = None  # c, instead of the guidance kind's (1 or 25)
     until: float = 1.0  # RefineSettings.guidance_until: share of the steps, from the first, with guidance
     depth_only: bool = False  # RefineSettings.guidance_moves = "depth": guidance moves along viewing rays only
+    every: int = 1  # RefineSettings.guidance_every: guidance on every k-th step
+    stop: float = 0.0  # RefineSettings.stop_tolerance: convergence stop (0: all steps)
+    steps: int | None = None  # refine steps, instead of --steps
 
     @property
     def name(self) -> str:
         out = self.guidance + ("+phys" if self.physics else "")
         extra = (["ray"] if self.ray else []) + (["depth only"] if self.depth_only else [])
+        if self.steps is not None:
+            extra.append(f"{self.steps} steps")
+        if self.stop:
+            extra.append(f"stop {self.stop:g}")
         if self.guidance == "ref":
             return out + (f" ({', '.join(extra)})" if extra else "")
         if self.views != 4:
@@ -126,6 +136,8 @@ class Variant:
             extra.append(f"c {self.reweight:g}")
         if self.until != 1.0:
             extra.append(f"guided {100 * self.until:g}%")
+        if self.every != 1:
+            extra.append(f"every {self.every}")
         return out + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -152,10 +164,17 @@ def parse_variant(name: str) -> Variant:
             v = replace(v, reweight=float(k.group(1)))
         elif (k := re.fullmatch(r"guided ([\d.]+)%", part)):
             v = replace(v, until=float(k.group(1)) / 100)
+        elif (k := re.fullmatch(r"every (\d+)", part)):
+            v = replace(v, every=int(k.group(1)))
+        elif (k := re.fullmatch(r"stop ([\d.e-]+)", part)):
+            v = replace(v, stop=float(k.group(1)))
+        elif (k := re.fullmatch(r"(\d+) steps", part)):
+            v = replace(v, steps=int(k.group(1)))
         else:
             raise ValueError(f"variant {name!r}: unknown option {part!r}; expected 'N views', 'scale S', "
                              "'az A..B' (degrees from the reference azimuth), 'c C' (relation-token "
-                             "reweighting), 'guided P%' (guidance in the first P% of the steps), 'ray' or "
+                             "reweighting), 'guided P%' (guidance in the first P% of the steps), 'every K' "
+                             "(guidance on every K-th step), 'stop T' (convergence stop), 'N steps', 'ray' or "
                              "'depth only' (guidance moves objects only along their viewing rays)")
     return v
 
@@ -293,9 +312,10 @@ def _run(task) -> dict:
         return row | _metrics(start, amb, novel, opts["points"]) | {"seconds": 0.0}
     v = parse_variant(name)
     weights = LossWeights() if v.physics else replace(LossWeights(), penetration=0.0, support=0.0)
-    settings = RefineSettings(steps=opts["steps"], weights=weights, backend=opts["backend"], preview_every=0,
-                              parameterization="ray" if v.ray else "camera", guidance_until=v.until,
-                              guidance_moves="depth" if v.depth_only else "all")
+    settings = RefineSettings(steps=v.steps or opts["steps"], weights=weights, backend=opts["backend"],
+                              preview_every=0, parameterization="ray" if v.ray else "camera", guidance_until=v.until,
+                              guidance_moves="depth" if v.depth_only else "all", guidance_every=v.every,
+                              stop_tolerance=v.stop)
     targets = RefineTargets.from_masks(amb.image, amb.masks)
     probe = None
     if GUIDANCE[v.guidance] is not None:
@@ -318,7 +338,7 @@ def _run(task) -> dict:
         if probe is not None:
             probe.guidance.close()  # the worker's model serves the next variant as it was
     # Refine only (model set-up included, metrics not); CPU seconds tell the cost on a busy machine.
-    row |= {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+    row |= {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "steps_run": result.steps}
     row |= _metrics(result.scene, amb, novel, opts["points"])
     if probe is not None:
         rec = probe.records
@@ -336,7 +356,7 @@ COLUMNS = [("relation", "relation satisfied", "%"), ("translation", "t err", 3),
            ("translation_aligned", "t err aligned", 3), ("box3d_iou", "3D box IoU", 3),
            ("novel_mask_iou", "novel IoU", 3), ("novel_mask_iou_aligned", "novel IoU aligned", 3),
            ("ref_mask_iou", "ref IoU", 3), ("chamfer", "CD", 3), ("fscore", "F@0.1", 3), ("adds", "ADD-S@0.1", 3),
-           ("seconds", "s/scene", 1)]
+           ("steps_run", "steps", 0), ("seconds", "s/scene", 1)]
 
 
 def _median(xs):

@@ -36,9 +36,11 @@ from pathlib import Path
 import torch
 
 from ..decompose.detect import DetectSettings
+from ..decompose.inpaint import InpaintSettings
 from ..types.images import load_image_hwc  # re-exported: the CLI's picture loader
 from ..meshio.decimate import MAX_FACES
 from ..models.precision import model_dtype
+from ..compose.refine import RefineSettings
 
 __all__ = ["PipelineSettings", "PipelineInputs", "check_inputs", "run_pipeline", "find_models", "load_image_hwc"]
 
@@ -66,6 +68,7 @@ class PipelineSettings:
     # Inpaint
     inpaint_steps: int = 30
     inpaint_resolution: int = 512
+    inpaint_scheduler: str = InpaintSettings.scheduler
     # Lift3D
     mc_resolution: int = 256
     density_threshold: float = 25.0
@@ -77,9 +80,12 @@ class PipelineSettings:
     # SSDSRefine
     refine_steps: int = 200
     refine_resolution: int = 128
+    refine_guidance_every: int = RefineSettings.guidance_every
+    refine_stop_tolerance: float = RefineSettings.stop_tolerance
     ssds_weight: float = 1.0
     ssds_views: int = 4  # SSDSSettings.views (paper: 10)
     ssds_resolution: int = 256
+    ssds_model_resolution: int = 0  # SSDSSettings.model_resolution; 0: the UNet's native size
     # Previews
     preview_size: int = 256
 
@@ -278,9 +284,8 @@ def check_inputs(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
 
 def _stage_settings(s: PipelineSettings):
     """Every stage's settings from the CLI's values; an invalid one names its stage's flags."""
-    from ..decompose.inpaint import InpaintSettings
     from ..lift3d.reconstruct import Lift3DSettings
-    from ..compose.refine import LossWeights, RefineSettings
+    from ..compose.refine import LossWeights
     from ..guidance.ssds import SSDSSettings
 
     def make(flags: str, build):
@@ -289,14 +294,18 @@ def _stage_settings(s: PipelineSettings):
         except ValueError as e:
             raise ValueError(f"{flags}: {e}") from None
 
-    inpaint = make("--inpaint-steps / --inpaint-resolution", lambda: InpaintSettings(
-        steps=s.inpaint_steps, resolution=s.inpaint_resolution, seed=s.seed))
+    inpaint = make("--inpaint-steps / --inpaint-resolution / --inpaint-scheduler", lambda: InpaintSettings(
+        steps=s.inpaint_steps, resolution=s.inpaint_resolution, seed=s.seed, scheduler=s.inpaint_scheduler))
     lift = make("--mc-resolution / --density-threshold / --max-faces", lambda: Lift3DSettings(
         resolution=s.mc_resolution, density_threshold=s.density_threshold, max_faces=s.max_faces).validate())
-    refine = make("--steps / --refine-resolution / --ssds-weight", lambda: RefineSettings(
-        steps=s.refine_steps, resolution=s.refine_resolution, weights=replace(LossWeights(), guidance=s.ssds_weight)))
-    ssds = make("--prompt / --ssds-views / --ssds-resolution", lambda: SSDSSettings(
-        prompt=s.prompt, views=s.ssds_views, render_resolution=s.ssds_resolution, seed=s.seed))
+    refine = make("--steps / --refine-resolution / --ssds-weight / --guidance-every / --stop-tolerance",
+                  lambda: RefineSettings(steps=s.refine_steps, resolution=s.refine_resolution,
+                                         weights=replace(LossWeights(), guidance=s.ssds_weight),
+                                         guidance_every=s.refine_guidance_every,
+                                         stop_tolerance=s.refine_stop_tolerance))
+    ssds = make("--prompt / --ssds-views / --ssds-resolution / --ssds-model-resolution", lambda: SSDSSettings(
+        prompt=s.prompt, views=s.ssds_views, render_resolution=s.ssds_resolution, seed=s.seed,
+        model_resolution=s.ssds_model_resolution or None))
     if s.preview_size < 16:
         raise ValueError(f"--preview-size: expected at least 16 pixels, got {s.preview_size}")
     return inpaint, lift, refine, ssds
@@ -499,6 +508,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
         "init_pose": {"depth": (f"Depth Anything disparity from {s.depth}" if s.depth else
                                 "none: all objects start at the same depth (InitPose without a depth map)"),
                       "fov_deg": s.fov_deg, "elevation_deg": s.elevation_deg},
+        "refine_steps_run": result.steps,
         "losses": {"first": finite(result.history[0]) if result.history else {},
                    "final": finite(result.history[-1]) if result.history else {}},
         "models": models_used,

@@ -169,34 +169,31 @@ def support_loss(scene: Scene, footprint_margin: float = 0.1) -> torch.Tensor:
     the gap itself is differentiable.
     """
     world = [o.world_vertices() for o in scene.objects]
-    bottoms = torch.stack([w[:, 1].min() for w in world])
-    tops = torch.stack([w[:, 1].max() for w in world])
-    # Who carries whom is decided on one CPU copy: on a GPU, per-element reads would each wait
-    # for the device.
-    with torch.no_grad():
-        lo = torch.stack([w.amin(0) for w in world]).cpu()
-        hi = torch.stack([w.amax(0) for w in world]).cpu()
-        b_cpu, t_cpu = bottoms.detach().cpu(), tops.detach().cpu()
-    centre = (lo + hi) / 2
     n = len(world)
-
-    def below(i, j):  # could j carry i?
-        grow = footprint_margin * (hi[j] - lo[j])
-        return j != i and float(centre[j][1]) < float(centre[i][1]) and \
-            all(float(lo[j][a] - grow[a]) <= float(centre[i][a]) <= float(hi[j][a] + grow[a]) for a in (0, 2))
-
-    carriers = [[j for j in range(n) if below(i, j)] for i in range(n)]
-    # The ground: the median bottom of objects with nothing under them, so no single misplaced
-    # object drags the floor with it.
-    free = [i for i in range(n) if not carriers[i]] or list(range(n))
-    ground = b_cpu[free].median()
-    total = bottoms.new_zeros(())
-    for i in range(n):
-        b = float(b_cpu[i])
-        support, best_gap = ground.to(bottoms), abs(b - float(ground))
-        for j in carriers[i]:
-            gap = abs(b - float(t_cpu[j]))
-            if gap < best_gap:
-                support, best_gap = tops[j], gap
-        total = total + (bottoms[i] - support).square()
-    return total / n
+    lo = torch.stack([w.amin(0) for w in world])  # [n, 3]
+    hi = torch.stack([w.amax(0) for w in world])
+    bottoms, tops = lo[:, 1], hi[:, 1]
+    # Who carries whom is decided without gradient, on the device, as [n, n] masks: an
+    # optimisation step on the GPU never waits for it.
+    with torch.no_grad():
+        lo_, hi_, b, t = lo.detach(), hi.detach(), bottoms.detach(), tops.detach()
+        centre = (lo_ + hi_) / 2
+        grow = footprint_margin * (hi_ - lo_)  # [n(j), 3]
+        # carries[i, j]: could j carry i? j's centre lower, i's centre inside j's grown footprint (x, z)
+        inside = (centre[:, None, :] >= lo_[None] - grow[None]) & (centre[:, None, :] <= hi_[None] + grow[None])
+        carries = inside[..., 0] & inside[..., 2] & (centre[None, :, 1] < centre[:, None, 1])
+        carries &= ~torch.eye(n, dtype=torch.bool, device=carries.device)
+        # The ground: the median bottom of objects with nothing under them, so no single misplaced
+        # object drags the floor with it (all objects when every one stands on another).
+        free = ~carries.any(1)
+        free = torch.where(free.any(), free, torch.ones_like(free))
+        ground = torch.where(free, b, torch.full_like(b, float("nan"))).nanmedian()
+        # Of the ground (candidate 0) and each carrier, the support nearest the bottom; ties go to
+        # the first candidate.
+        gaps = torch.cat([(b - ground).abs()[:, None],
+                          torch.where(carries, (b[:, None] - t[None, :]).abs(), torch.full_like(carries, float("inf"),
+                                                                                                  dtype=b.dtype))], 1)
+        choice = gaps.argmin(1)  # [n] in 0..n
+    on_object = tops[(choice - 1).clamp_min(0)]
+    support = torch.where(choice > 0, on_object, ground.expand(n))
+    return (bottoms - support).square().sum() / n

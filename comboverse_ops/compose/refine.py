@@ -81,6 +81,14 @@ class RefineSettings:
     # the rest. Measured in
     # docs/ssds_effect.md: far less reference fit lost for as much relation fixed.
     guidance_moves: str = "all"
+    # Guidance on every k-th step of its share (1: every step, the paper). A guided step costs about
+    # 3x a reference-only one (docs/pipeline_benchmark.md).
+    guidance_every: int = 1
+    # Stop early once, over the last ``stop_window`` steps, no surface point of any object moved
+    # more than this share of the camera distance (translation, plus the object's radius times its
+    # change of log scale and of rotation angle). 0: always run ``steps`` (the paper).
+    stop_tolerance: float = 0.0
+    stop_window: int = 20  # steps between convergence checks (each reads one number back from the GPU)
     preview_every: int = 25  # steps between preview renders passed to the callback
     backend: str = "auto"  # renderer backend
 
@@ -96,6 +104,11 @@ class RefineSettings:
             raise ValueError("guidance_moves='depth' needs parameterization='ray': only there is a step of the "
                              "depth parameter a move along the viewing ray, which the reference view cannot see; got "
                              f"parameterization={self.parameterization!r}")
+        if self.guidance_every < 1:
+            raise ValueError(f"guidance_every: expected a step interval >= 1 (1 = every step), got {self.guidance_every}")
+        if self.stop_tolerance < 0 or self.stop_window < 1:
+            raise ValueError(f"stop_tolerance / stop_window: expected >= 0 and >= 1 steps, got {self.stop_tolerance}, "
+                             f"{self.stop_window}")
         if not 0.0 <= self.guidance_until <= 1.0:
             raise ValueError(f"guidance_until: expected a share of the steps in [0, 1], got {self.guidance_until}")
 
@@ -122,10 +135,12 @@ class RefineTargets:
 
 @dataclass(frozen=True)
 class RefineResult:
-    """The refined scene (detached poses) and each step's loss terms (weighted, floats)."""
+    """The refined scene (detached poses), each step's loss terms (weighted, floats) and the
+    number of steps run (fewer than ``settings.steps`` when the convergence stop ended it)."""
 
     scene: Scene
     history: list[dict[str, float]]
+    steps: int = 0
 
 
 def _distance_to_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -192,6 +207,36 @@ class _PoseParams:
         return [Pose(scale[i], rotation[i], t[i]) for i in range(t.shape[0])]
 
 
+class _Movement:
+    """How far the objects' surfaces moved between checks, as a share of the camera distance
+    (:attr:`RefineSettings.stop_tolerance`). Computed on the device; one number read per check."""
+
+    def __init__(self, scene: Scene, cam: Cameras):
+        with torch.no_grad():
+            self.radius = torch.stack([o.mesh.vertices.detach().float().norm(dim=1).max() for o in scene.objects])
+            self.distance = torch.linalg.norm(cam.c2w[0, :3, 3].detach() - torch.stack(
+                [o.pose.translation.detach() for o in scene.objects]).mean(0)).clamp_min(1e-6)
+        self.last = self._state(scene.poses)
+
+    @staticmethod
+    def _state(poses: list[Pose]) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            return (torch.stack([p.translation.detach() for p in poses]),
+                    torch.stack([p.scale.detach().reshape(()) for p in poses]).log(),
+                    torch.stack([p.rotation_matrix().detach() for p in poses]))
+
+    def since_last(self, poses: list[Pose]) -> float:
+        t, log_s, rot = state = self._state(poses)
+        t0, log_s0, rot0 = self.last
+        self.last = state
+        with torch.no_grad():
+            cos = (((rot0.transpose(1, 2) @ rot).diagonal(dim1=1, dim2=2).sum(1) - 1) / 2).clamp(-1.0, 1.0)
+            turn = torch.acos(cos)  # radians each object turned
+            scale = log_s.exp()
+            surface = (t - t0).norm(dim=1) + self.radius * scale * ((log_s - log_s0).abs() + turn)
+            return float((surface / self.distance).max())
+
+
 def _resize_hw(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``[N, C, H, W]`` resized to ``size`` by area averaging (enlarging repeats pixels)."""
     return F.interpolate(x, size=size, mode="area")
@@ -256,9 +301,12 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
             mask_area = masks.flatten(1).sum(1).clamp_min(1).to(device)
         scene_depth2 = float(torch.linalg.norm(cam.c2w[0, :3, 3])) ** 2 or 1.0
         params = _PoseParams(scene.poses, cam, settings.parameterization)
-        opt = torch.optim.Adam(params.groups(settings))
+        # fused: one kernel for all parameters per step on the GPU (same update as the loop form)
+        opt = torch.optim.Adam(params.groups(settings), fused=device.type == "cuda")
         history = []
         guided_steps = round(settings.guidance_until * settings.steps)
+        moved = _Movement(scene, cam) if settings.stop_tolerance > 0 else None
+        steps_run = settings.steps
         for step in range(settings.steps):
             posed = scene.with_poses(params.poses())
             out = render_scene(posed, cam, backend=settings.backend, per_object=dist is not None, check=False)
@@ -273,7 +321,8 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
                 terms["penetration"] = penetration_loss(posed) / scene_depth2
             if "support" in weights and n > 1:
                 terms["support"] = support_loss(posed) / scene_depth2
-            if guidance is not None and "guidance" in weights and step < guided_steps:
+            if guidance is not None and "guidance" in weights and step < guided_steps \
+                    and step % settings.guidance_every == 0:
                 guided = scene.with_poses(params.poses(along_ray=True)) if settings.guidance_moves == "depth" \
                     else posed
                 for k, v in guidance(guided, step).items():
@@ -289,11 +338,20 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
                 if settings.preview_every and ((step + 1) % settings.preview_every == 0 or step + 1 == settings.steps):
                     preview = out.rgb[0].detach()
                 callback(step + 1, settings.steps, preview)
+            if moved is not None and (step + 1) % settings.stop_window == 0 \
+                    and moved.since_last(params.poses()) < settings.stop_tolerance:
+                steps_run = step + 1
+                if callback is not None and steps_run < settings.steps:
+                    callback(settings.steps, settings.steps, out.rgb[0].detach() if settings.preview_every else None)
+                break
         final = scene.with_poses([p.detach() for p in params.poses()])
         bad = [o.name for o in final.objects if not all(bool(torch.isfinite(t).all()) for t in o.pose.parameters())]
         if bad:
             raise ValueError(f"refine: the poses of {bad} became NaN/inf during the optimisation; lower the learning "
                              "rates or the loss weights (a guidance model in fp16 with an extreme cfg_scale can do this)")
-        # Read the losses back once at the end (a read per step would wait for the GPU each step).
-        history = [{k: float(v) for k, v in h.items()} for h in history]
-    return RefineResult(final, history)
+        # Read the losses back once at the end, in one copy (a read per step, or per value, would
+        # wait for the GPU each time).
+        values = torch.stack([v.float() for h in history for v in h.values()]).tolist() if history else []
+        it = iter(values)
+        history = [{k: next(it) for k in h} for h in history]
+    return RefineResult(final, history, steps_run)

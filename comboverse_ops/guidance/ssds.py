@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import TokenWeights, install_spatial_attention, remove_spatial_attention
-from ..types.camera import Cameras
+from ..types.camera import Cameras, orbit_camera
 from ..determinism import ordered_sum, serial_bilinear
 from ..render import render_scene
 from ..types.scene import Scene
@@ -131,17 +131,33 @@ def reference_orbit(scene: Scene) -> tuple[float, float, float, torch.Tensor]:
 
 def sample_views(scene: Scene, n: int, resolution: int, sampling: ViewSampling,
                  generator: torch.Generator) -> Cameras:
-    """``n`` square cameras of ``resolution`` pixels around the reference camera (:class:`ViewSampling`)."""
-    el0, az0, r0, centre = reference_orbit(scene)
-    u = torch.rand(n, 3, generator=generator, dtype=torch.float64)
-    lerp = lambda rng, x: rng[0] + (rng[1] - rng[0]) * x
-    el = (el0 + lerp(sampling.elevation_offset_deg, u[:, 0])).clamp(-89.0, 89.0)
-    az = az0 + lerp(sampling.azimuth_offset_deg, u[:, 1])
-    r = r0 * lerp(sampling.radius_scale, u[:, 2])
-    fov = sampling.fov_deg if sampling.fov_deg is not None else float(scene.camera.fov_y_deg[0])
+    """``n`` square cameras of ``resolution`` pixels around the reference camera (:class:`ViewSampling`).
+
+    The offsets come from ``generator`` (CPU); the orbit about the scene is computed on the
+    scene's device, so that a refine step never waits for the GPU here (:func:`reference_orbit`
+    is the same orbit, read back as numbers)."""
     cam = scene.camera
-    return Cameras.orbit(el.float(), az.float(), r.float(), fov, resolution, resolution,
-                         target=tuple(float(c) for c in centre), near=cam.near, far=cam.far, device=cam.device)
+    device = cam.device
+    u = torch.rand(n, 3, generator=generator, dtype=torch.float64)
+    ranges = (sampling.elevation_offset_deg, sampling.azimuth_offset_deg, sampling.radius_scale)
+    lo = torch.tensor([r[0] for r in ranges], dtype=torch.float64)
+    hi = torch.tensor([r[1] for r in ranges], dtype=torch.float64)
+    draw = lo + (hi - lo) * u  # [n, 3]: elevation offset, azimuth offset, radius scale
+    if device.type == "cuda":
+        draw = draw.pin_memory()
+    draw = draw.to(device, non_blocking=True)
+    centre = torch.stack([o.pose.translation.detach() for o in scene.objects]).double().mean(0)
+    off = cam.c2w[0, :3, 3].detach().double() - centre
+    r0 = torch.linalg.norm(off).clamp_min(1e-6)
+    el0 = -torch.rad2deg(torch.asin((off[1] / r0).clamp(-1.0, 1.0)))
+    az0 = torch.rad2deg(torch.atan2(off[0], off[2]))
+    el = (el0 + draw[:, 0]).clamp(-89.0, 89.0)
+    az = az0 + draw[:, 1]
+    r = r0 * draw[:, 2]
+    fov = torch.full((n,), sampling.fov_deg, dtype=torch.float32, device=device) if sampling.fov_deg is not None \
+        else cam.fov_y_deg[:1].float().expand(n)
+    c2w = orbit_camera(el.float(), az.float(), r.float(), centre.float(), device=device)
+    return Cameras.create(c2w, fov, resolution, resolution, cam.near, cam.far)
 
 
 def sds_loss(latents: torch.Tensor, eps_pred: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

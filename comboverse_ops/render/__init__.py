@@ -35,6 +35,21 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def _background(background, like: torch.Tensor) -> torch.Tensor:
+    """``[3]`` background colour on ``like``'s device. A tensor passes through; numbers are filled
+    in on the device one by one, since copying a tensor made from them there waits for the GPU
+    (an optimisation loop renders at every step)."""
+    if torch.is_tensor(background):
+        return background.to(like).reshape(3)
+    values = [float(c) for c in background]
+    if len(values) != 3:
+        raise ValueError(f"render_scene: background must be 3 RGB values in [0, 1], got {background!r}")
+    out = torch.empty(3, dtype=like.dtype, device=like.device)
+    for i, c in enumerate(values):
+        out[i].fill_(c)  # a kernel with the number as its argument; ``out[i] = c`` copies a CPU tensor
+    return out
+
+
 def render_scene(scene: Scene, cameras: Cameras, *, background=(1.0, 1.0, 1.0), backend: str = "auto",
                  aa_width: float = 1.0, per_object: bool = False, check: bool = True) -> RenderOutput:
     """Render RGB, alpha, depth and object ids of ``scene`` seen by every camera.
@@ -55,7 +70,7 @@ def render_scene(scene: Scene, cameras: Cameras, *, background=(1.0, 1.0, 1.0), 
     device = flat.vertices.device
     if cameras.device != device:
         raise ValueError(f"render_scene: cameras are on {cameras.device} but the scene is on {device}")
-    bg = torch.as_tensor(background, dtype=flat.vertices.dtype, device=device).reshape(3)
+    bg = _background(background, flat.vertices)
     clip = to_clip(flat.vertices, cameras)
     if resolve_backend(backend, device) == "nvdiffrast":
         out = rasterize_nvdiffrast(flat, clip, cameras.width, cameras.height, bg, per_object=per_object)

@@ -99,34 +99,53 @@ def face_neighbours(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor
     return nb.reshape(-1, 3)
 
 
-def flatten_scene(scene: Scene, check: bool = True) -> FlatScene:
-    """Validate the scene (unless ``check`` is False) and concatenate its posed objects (see :class:`FlatScene`)."""
-    if check:
-        scene.validate()
-    verts, faces, face_obj, cols, uvs, texs, nbs = [], [], [], [], [], [], []
-    face_offset = 0
-    offset = 0
-    for i, obj in enumerate(scene.objects):
-        m = obj.mesh
-        v = obj.world_vertices()
-        verts.append(v)
+# What flatten_scene concatenates besides the posed vertices depends only on the meshes; an
+# optimisation loop renders the same meshes at every step, so it is built once per set of meshes
+# (the same tensors each time, which also lets a backend cache what it derives from them).
+# Keyed by the ids of every mesh tensor; an entry is dropped when the first mesh's faces are freed.
+_STATIC: dict[tuple, tuple] = {}
+
+
+def _static_parts(scene: Scene, dtype: torch.dtype) -> tuple:
+    """``(faces, face_object, colors, uvs, textures, neighbours)`` of :class:`FlatScene` for ``scene``'s meshes."""
+    meshes = [o.mesh for o in scene.objects]
+    tensors = [t for m in meshes for t in (m.vertices, m.faces, m.vertex_colors, m.uvs, m.texture)]
+    key = (dtype, *(id(t) for t in tensors))
+    hit = _STATIC.get(key)
+    if hit is not None and all(r() is t for r, t in zip(hit[0], tensors) if t is not None):
+        return hit[1]
+    faces, face_obj, cols, uvs, texs, nbs = [], [], [], [], [], []
+    face_offset = offset = 0
+    for i, m in enumerate(meshes):
+        device = m.vertices.device
         faces.append(m.faces.to(torch.int64) + offset)
         nb = mesh_neighbours(m.vertices, m.faces).to(torch.int64)
         nbs.append(torch.where(nb >= 0, nb + face_offset, nb))
         face_offset += m.num_faces
-        face_obj.append(torch.full((m.num_faces,), i, dtype=torch.int64, device=v.device))
+        face_obj.append(torch.full((m.num_faces,), i, dtype=torch.int64, device=device))
         if m.has_texture:
-            white = torch.ones(m.num_vertices, 3, dtype=v.dtype, device=v.device)
-            cols.append(m.vertex_colors.to(v.dtype) if m.vertex_colors is not None else white)
-            uvs.append(m.uvs.to(v.dtype))
-            texs.append(m.texture.to(v.dtype))
+            white = torch.ones(m.num_vertices, 3, dtype=dtype, device=device)
+            cols.append(m.vertex_colors.to(dtype) if m.vertex_colors is not None else white)
+            uvs.append(m.uvs.to(dtype))
+            texs.append(m.texture.to(dtype))
         else:
-            cols.append(m.colors_or_default().to(v.dtype))
-            uvs.append(torch.zeros(m.num_vertices, 2, dtype=v.dtype, device=v.device))
+            cols.append(m.colors_or_default().to(dtype))
+            uvs.append(torch.zeros(m.num_vertices, 2, dtype=dtype, device=device))
             texs.append(None)
         offset += m.num_vertices
-    return FlatScene(torch.cat(verts), torch.cat(faces), torch.cat(face_obj), torch.cat(cols), torch.cat(uvs),
-                     tuple(texs), torch.cat(nbs))
+    parts = (torch.cat(faces), torch.cat(face_obj), torch.cat(cols), torch.cat(uvs), tuple(texs), torch.cat(nbs))
+    _STATIC[key] = ([None if t is None else weakref.ref(t) for t in tensors], parts)
+    weakref.finalize(meshes[0].faces, _STATIC.pop, key, None)
+    return parts
+
+
+def flatten_scene(scene: Scene, check: bool = True) -> FlatScene:
+    """Validate the scene (unless ``check`` is False) and concatenate its posed objects (see :class:`FlatScene`)."""
+    if check:
+        scene.validate()
+    verts = torch.cat([obj.world_vertices() for obj in scene.objects])
+    faces, face_obj, cols, uvs, texs, nbs = _static_parts(scene, verts.dtype)
+    return FlatScene(verts, faces, face_obj, cols, uvs, texs, nbs)
 
 
 def to_clip(vertices: torch.Tensor, cams: Cameras) -> torch.Tensor:

@@ -7,6 +7,8 @@ first; they are flipped here so both backends return top-row-first images.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from .common import FlatScene, shade
@@ -37,6 +39,24 @@ def _context(device: torch.device):
     return _CONTEXTS[key]
 
 
+# int32 triangles and antialiasing's topology hash, per faces tensor: flatten_scene hands the same
+# tensor over for the same meshes, so a loop rendering them builds both once.
+_TRIANGLES: dict[int, tuple] = {}
+
+
+def _triangles(faces: torch.Tensor) -> tuple:
+    import nvdiffrast.torch as dr
+
+    hit = _TRIANGLES.get(id(faces))
+    if hit is not None and hit[0]() is faces:
+        return hit[1], hit[2]
+    tri = faces.to(torch.int32).contiguous()
+    topology = dr.antialias_construct_topology_hash(tri)
+    _TRIANGLES[id(faces)] = (weakref.ref(faces), tri, topology)
+    weakref.finalize(faces, _TRIANGLES.pop, id(faces), None)
+    return tri, topology
+
+
 def rasterize_nvdiffrast(flat: FlatScene, clip: torch.Tensor, width: int, height: int,
                          background: torch.Tensor, per_object: bool = False):
     """Same contract as :func:`.torch_raster.rasterize_torch`, on CUDA tensors."""
@@ -47,7 +67,7 @@ def rasterize_nvdiffrast(flat: FlatScene, clip: torch.Tensor, width: int, height
                          "(use backend='torch' on CPU/MPS)")
     b = clip.shape[0]
     clip = clip.contiguous().float()
-    tri = flat.faces.to(torch.int32).contiguous()
+    tri, topology = _triangles(flat.faces)
     rast, _ = dr.rasterize(_context(clip.device), clip, tri, resolution=[height, width])
     attrs = torch.cat([flat.colors.float()[None].expand(b, -1, -1), flat.uvs.float()[None].expand(b, -1, -1),
                        clip[..., 3:4]], -1).contiguous()
@@ -63,7 +83,7 @@ def rasterize_nvdiffrast(flat: FlatScene, clip: torch.Tensor, width: int, height
     n_obj = len(flat.textures)
     if per_object:  # one-hot object coverage, antialiased like the colour
         channels.append(torch.nn.functional.one_hot(obj.clamp_min(0), n_obj).float() * mask)
-    rgba = dr.antialias(torch.cat(channels, -1).contiguous(), rast, clip, tri)
+    rgba = dr.antialias(torch.cat(channels, -1).contiguous(), rast, clip, tri, topology_hash=topology)
     depth = torch.where(covered, interp[..., 5], torch.zeros_like(interp[..., 5]))
     flip = lambda t: torch.flip(t, dims=[1])  # noqa: E731
     object_alpha = flip(rgba[..., 4:]).permute(0, 3, 1, 2) if per_object else None

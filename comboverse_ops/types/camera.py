@@ -56,6 +56,13 @@ def perspective(fov_y_deg: float | torch.Tensor, aspect: float, near: float = 0.
     return out
 
 
+def _axis(i: int, like: torch.Tensor) -> torch.Tensor:
+    """``[3]`` unit vector along axis ``i``, made on ``like``'s device (no host-to-device copy)."""
+    out = torch.zeros(3, dtype=like.dtype, device=like.device)
+    out[i].fill_(1.0)  # a kernel with the number as its argument; ``out[i] = 1.0`` copies a CPU tensor
+    return out
+
+
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
     """Camera-to-world matrix of an OpenGL camera at ``eye`` looking at ``target``.
 
@@ -67,9 +74,9 @@ def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor | None = N
     """
     eye = torch.as_tensor(eye, dtype=torch.float32) if not torch.is_tensor(eye) else eye
     target = torch.as_tensor(target, dtype=eye.dtype, device=eye.device)
-    if up is None:
-        up = torch.tensor([0.0, 1.0, 0.0], dtype=eye.dtype, device=eye.device)
-    up = torch.as_tensor(up, dtype=eye.dtype, device=eye.device)
+    # Axis vectors are filled on the device: a tensor made from Python numbers is copied there,
+    # and that copy waits for the GPU (this runs at every SSDS step).
+    up = _axis(1, eye) if up is None else torch.as_tensor(up, dtype=eye.dtype, device=eye.device)
     eye, target = torch.broadcast_tensors(eye, target)
     backward = eye - target
     backward = backward / backward.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -77,7 +84,7 @@ def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor | None = N
     right = torch.cross(up, backward, dim=-1)
     # Looking straight up or down: any right vector perpendicular to the view works.
     degenerate = right.norm(dim=-1, keepdim=True) < 1e-8
-    alt = torch.tensor([0.0, 0.0, 1.0], dtype=eye.dtype, device=eye.device).expand_as(backward)
+    alt = _axis(2, eye).expand_as(backward)
     right = torch.where(degenerate, torch.cross(alt, backward, dim=-1), right)
     right = right / right.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     true_up = torch.cross(backward, right, dim=-1)
@@ -159,7 +166,8 @@ class Cameras:
     @property
     def view(self) -> torch.Tensor:
         """``[B, 4, 4]`` world-to-camera matrices."""
-        return torch.linalg.inv(self.c2w)
+        # inv_ex: the same inverse without the singularity check, which waits for the GPU
+        return torch.linalg.inv_ex(self.c2w).inverse
 
     @property
     def proj(self) -> torch.Tensor:
