@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,9 +16,10 @@ import torch
 import trimesh
 
 from comboverse_ops.meshio import glb
-from comboverse_ops.meshio.core_mesh import meshes_from_mesh_arrays, scene_to_mesh_arrays
+from comboverse_ops.meshio.core_mesh import read_core_mesh, scene_to_mesh_arrays, scene_vertex_colors
 from comboverse_ops.meshio.glb import scene_to_glb_bytes, write_glb
 from comboverse_ops.meshio.meshes_in import load_mesh_file
+from comboverse_ops.types.colorspace import srgb_to_linear
 from comboverse_ops.types.mesh import Mesh
 from comboverse_ops.types.pose import Pose
 from comboverse_ops.types.scene import Scene, SceneObject
@@ -240,33 +242,42 @@ def test_scene_to_mesh_arrays_merges_objects_in_world_space():
     torch.testing.assert_close(corners, expected)
 
 
-def test_meshes_from_mesh_arrays_splits_the_batch():
+def test_core_mesh_arrays_read_back_as_one_mesh_per_entry():
     vertices = torch.stack([BOX_VERTICES, BOX_VERTICES * 2])
     faces = torch.stack([BOX_FACES, BOX_FACES.flip(1)]).to(torch.int32)
     colors = torch.full((2, 8, 4), 255, dtype=torch.uint8)
-    meshes = meshes_from_mesh_arrays(vertices, faces, colors, name="lifted")
+    meshes = read_core_mesh(SimpleNamespace(vertices=vertices, faces=faces, vertex_colors=colors), name="lifted")
     assert [m.name for m in meshes] == ["lifted_0", "lifted_1"]
     torch.testing.assert_close(meshes[1].vertices, BOX_VERTICES * 2)
     assert meshes[1].faces.dtype == torch.int64 and torch.equal(meshes[1].faces, BOX_FACES.flip(1))
     torch.testing.assert_close(meshes[0].vertex_colors, torch.ones(8, 3))
     meshes[0].vertices.add_(1)  # the meshes are copies: the caller's arrays stay as they were
     torch.testing.assert_close(vertices[0], BOX_VERTICES)
-    # Merged scene arrays come back as one mesh with the same world positions.
-    (merged,) = meshes_from_mesh_arrays(*scene_to_mesh_arrays(make_scene("mixed")))
-    assert merged.num_faces == sum(o.mesh.num_faces for o in make_scene("mixed").objects)
+
+
+def test_exported_core_mesh_reads_back_with_the_scene_positions_and_colours():
+    """ExportMesh's core MESH (all objects merged in world space, colours linear) read by the one
+    converter that Lift3D's MESH input uses gives back the scene's positions and sRGB colours."""
+    scene = make_scene("mixed")
+    vertices, faces = scene_to_mesh_arrays(scene)
+    colors = scene_vertex_colors(scene)
+    (merged,) = read_core_mesh(SimpleNamespace(vertices=vertices, faces=faces, vertex_colors=srgb_to_linear(colors)))
+    assert merged.num_faces == sum(o.mesh.num_faces for o in scene.objects)
+    torch.testing.assert_close(merged.vertices, vertices[0])
+    torch.testing.assert_close(merged.vertex_colors, colors[0], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("bad_index", [8, -1])
-def test_meshes_from_mesh_arrays_rejects_faces_past_the_vertices(bad_index):
+def test_core_mesh_faces_past_the_vertices_name_the_entry(bad_index):
     faces = torch.stack([BOX_FACES, BOX_FACES.clone()])
     faces[1, 5, 2] = bad_index
-    with pytest.raises(ValueError, match=r"faces: batch entry 1 indexes vertices .*expected indices in 0\.\.7"):
-        meshes_from_mesh_arrays(torch.stack([BOX_VERTICES, BOX_VERTICES]), faces)
+    with pytest.raises(ValueError, match=r"MESH batch entry 1: mesh 'object_1': faces index vertices .*only 8 vertices"):
+        read_core_mesh(SimpleNamespace(vertices=torch.stack([BOX_VERTICES, BOX_VERTICES]), faces=faces))
 
 
-def test_meshes_from_mesh_arrays_rejects_mismatched_batches():
-    with pytest.raises(ValueError, match="faces: expected batch size 2"):
-        meshes_from_mesh_arrays(torch.stack([BOX_VERTICES, BOX_VERTICES]), BOX_FACES[None])
+def test_core_mesh_batches_that_do_not_match_are_named():
+    with pytest.raises(ValueError, match=r"MESH.faces: expected a batch of 2 \(as vertices\)"):
+        read_core_mesh(SimpleNamespace(vertices=torch.stack([BOX_VERTICES, BOX_VERTICES]), faces=BOX_FACES[None]))
 
 
 @pytest.mark.parametrize("suffix", [".ply", ".obj"])

@@ -6,8 +6,9 @@ Out: canonical-frame :class:`~.types.mesh.Mesh` objects; GLB files (one node per
 core ``MESH`` arrays; files that appear complete or not at all.
 
 - :mod:`.glb`: :class:`~.types.scene.Scene` -> GLB bytes / file (one node per object, poses as TRS).
-- :mod:`.core_mesh`: a scene -> core ``MESH`` arrays (merged, world space) and back.
-- :mod:`.meshes_in`: core ``MESH`` values and mesh files -> canonical object meshes.
+- :mod:`.core_mesh`: core ``MESH`` <-> :class:`~.types.mesh.Mesh`, both directions, the one converter.
+- :mod:`.meshes_in`: core ``MESH`` values (read by :mod:`.core_mesh`) and mesh files -> canonical
+  object meshes.
 - :mod:`.decimate`, :mod:`.frames`: face budget, and a source's front / up axes -> the canonical frame.
 - :mod:`.frame_preview`: a picture of how imported meshes sit in the canonical frame.
 - :mod:`.atomic`: atomic writes; :mod:`.files`: cheap checks of weight files and output paths.

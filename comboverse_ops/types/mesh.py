@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["Mesh"]
+__all__ = ["Mesh", "texture_to_vertex_colors"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +130,16 @@ class Mesh:
         length = n.norm(dim=1, keepdim=True)
         up = torch.tensor([0.0, 1.0, 0.0], dtype=v.dtype, device=v.device).expand_as(n)
         return torch.where(length > 1e-12, n / length.clamp_min(1e-12), up)
+
+
+def texture_to_vertex_colors(mesh: Mesh) -> Mesh:
+    """A textured mesh turned into a vertex-coloured one (texture sampled bilinearly at each uv,
+    times any vertex colour); other meshes are returned unchanged."""
+    if not mesh.has_texture:
+        return mesh
+    tex = mesh.texture.float().permute(2, 0, 1)[None]
+    uv = mesh.uvs.float()
+    grid = torch.stack([uv[:, 0] * 2 - 1, (1 - uv[:, 1]) * 2 - 1], dim=1)[None, None]  # v up -> rows down
+    sampled = F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0].T
+    colors = sampled if mesh.vertex_colors is None else sampled * mesh.vertex_colors.float()
+    return replace(mesh, vertex_colors=colors.clamp(0, 1), uvs=None, texture=None)

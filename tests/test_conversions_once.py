@@ -1,0 +1,33 @@
+"""Each conversion is written once (issue 13, Deliver 4): a grep of the pack's code finds each one in
+a single module, and every other module calls it from there."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [*ROOT.glob("nodes/*.py"), *ROOT.glob("comboverse_ops/**/*.py")]
+
+
+def _code(path: Path) -> str:
+    """The file without comments and docstring-like text."""
+    text = re.sub(r'"""[\s\S]*?"""', "", path.read_text())
+    return "\n".join(line.split("#")[0] for line in text.splitlines())
+
+
+@pytest.mark.parametrize("what, pattern, where", [
+    # core MESH -> Mesh: the linear colours of a core MESH become the pack's sRGB values
+    ("core MESH -> Mesh", r"linear_to_srgb\(.*/\s*255", ["comboverse_ops/meshio/core_mesh.py"]),
+    # texture -> vertex colours
+    ("texture -> vertex colours", r"grid_sample\(tex,", ["comboverse_ops/types/mesh.py"]),
+])
+def test_a_conversion_is_written_once(what, pattern, where):
+    hits = sorted({p.relative_to(ROOT).as_posix() for p in SOURCES if re.search(pattern, _code(p))})
+    assert hits == where, f"{what} written in {hits}; call it from {where}"
+
+
+def test_only_the_renderer_samples_textures_at_fragments():
+    """The renderer's ``shade`` colours fragments; vertex colours come from texture_to_vertex_colors."""
+    hits = sorted({p.relative_to(ROOT).as_posix() for p in SOURCES if re.search(r"\bshade\b", _code(p))})
+    assert hits and all(h.startswith("comboverse_ops/render/") for h in hits), hits
