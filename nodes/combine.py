@@ -22,7 +22,7 @@ from ..comboverse_ops.compose.refine import (
     refine_poses,
 )
 from ..comboverse_ops.render import BACKENDS, render_scene
-from ..comboverse_ops.types.scene import Scene, SceneObject
+from ..comboverse_ops.types.scene import Scene, SceneObject, object_names
 from ..comboverse_ops.guidance.ssds import SSDSGuidance, SSDSSettings
 from . import host
 from .host import GUIDANCE_MODEL, LAYOUT, MESHES, SCENE, Progress
@@ -87,19 +87,10 @@ class InitPose:
         depth = depth_from_image(depth_map, (h, w), "depth_map") if depth_map is not None else None
         camera = reference_camera(h, w, fov_deg, elevation_deg)
         poses = init_poses(list(meshes), layout, camera, depth, InitSettings(depth_kind=depth_kind))
-        names = _unique_names(layout, meshes)
+        names = object_names(layout.phrases, [m.name for m in meshes])
         scene = Scene([SceneObject(n, m, p) for n, m, p in zip(names, meshes, poses)], camera,
                       meta=layout_meta(layout))
         return (scene, _preview(scene))
-
-
-def _unique_names(layout, meshes) -> list[str]:
-    names = []
-    for i, (phrase, mesh) in enumerate(zip(layout.phrases, meshes)):
-        base = (phrase or mesh.name or "object").strip().replace(" ", "_") or "object"
-        name = base if base not in names else f"{base}_{i}"
-        names.append(name)
-    return names
 
 
 class SSDSRefine:

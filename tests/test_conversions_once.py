@@ -21,6 +21,9 @@ def _code(path: Path) -> str:
     ("core MESH -> Mesh", r"linear_to_srgb\(.*/\s*255", ["comboverse_ops/meshio/core_mesh.py"]),
     # texture -> vertex colours
     ("texture -> vertex colours", r"grid_sample\(tex,", ["comboverse_ops/types/mesh.py"]),
+    # unique names: a counter loop, and phrases turned into names
+    ("unique names", r"while \w+ in \w+", ["comboverse_ops/types/scene.py"]),
+    ("names from phrases", r'replace\(" ", "_"\)', ["comboverse_ops/types/scene.py"]),
 ])
 def test_a_conversion_is_written_once(what, pattern, where):
     hits = sorted({p.relative_to(ROOT).as_posix() for p in SOURCES if re.search(pattern, _code(p))})

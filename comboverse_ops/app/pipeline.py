@@ -339,7 +339,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     from ..models.sd import load_sd_model
     from ..compose.refine import RefineTargets, refine_poses
     from ..render import render_scene
-    from ..types.scene import Scene, SceneObject
+    from ..types.scene import Scene, SceneObject, object_names
     from ..decompose.segment import segment_image, source_rgb
 
     s = settings
@@ -415,8 +415,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     tsr = load_triposr(files["lift3d"], device=device, dtype=model_dtype("auto", device)).to(device)
     models_used["lift3d"] = {"kind": "TripoSR", "file": str(files["lift3d"]), "config": str(tsr.config)}
     cb = bar("lift3d", len(layout))
-    names = [(p.strip().replace(" ", "_") or f"object_{i}") for i, p in enumerate(layout.phrases)]
-    names = [n if names.index(n) == i else f"{n}_{i}" for i, n in enumerate(names)]
+    names = object_names(layout.phrases, [f"object_{i}" for i in range(len(layout))])
     meshes, _ = reconstruct_objects(tsr.model, crops, crop_masks, lift_settings, names=names, callback=cb)
     close(cb)
     _offload(tsr)

@@ -22,6 +22,7 @@ import torch
 
 from ..types.colorspace import linear_to_srgb
 from ..types.mesh import Mesh, texture_to_vertex_colors
+from ..types.scene import unique_name
 from .core_mesh import read_core_mesh
 from .decimate import MAX_FACES, decimate
 from .frames import to_canonical_frame
@@ -158,9 +159,7 @@ def load_mesh_file(path: str | os.PathLike) -> list[Mesh]:
         if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
             logger.info("%s: skipping %r (%s, not a triangle mesh)", path, node, type(geom).__name__)
             continue
-        name, k = str(node), 1
-        while name in used:
-            name, k = f"{node}_{k}", k + 1
+        name = unique_name(str(node), used)
         used.add(name)
         meshes.append(_mesh_from_trimesh(geom, np.asarray(transform), name, linear_colors=gltf))
     if not meshes:
@@ -198,9 +197,7 @@ def append_objects(existing: list[Mesh] | None, new: list[Mesh]) -> list[Mesh]:
     out = list(existing or [])
     taken = {m.name for m in out}
     for m in new:
-        name, k = m.name, 2
-        while name in taken:
-            name, k = f"{m.name}_{k}", k + 1
+        name = unique_name(m.name, taken, first=2)
         taken.add(name)
         out.append(m if name == m.name else replace(m, name=name))
     return out

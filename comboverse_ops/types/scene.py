@@ -10,7 +10,7 @@ from .camera import Cameras
 from .mesh import Mesh
 from .pose import Pose
 
-__all__ = ["SceneObject", "Scene"]
+__all__ = ["SceneObject", "Scene", "unique_name", "object_names"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +90,23 @@ class Scene:
         """``([3], [3])`` world-space bounding box of all posed vertices."""
         pts = torch.cat([o.world_vertices().detach() for o in self.objects])
         return pts.amin(0), pts.amax(0)
+
+
+def unique_name(base: str, taken, first: int = 1) -> str:
+    """``base`` if it is not in ``taken``, else ``f"{base}_{k}"`` for the first ``k >= first`` that is
+    not (a scene needs one name per object, a GLB one per node). ``taken`` is not modified."""
+    name, k = base, first
+    while name in taken:
+        name, k = f"{base}_{k}", k + 1
+    return name
+
+
+def object_names(phrases, fallbacks) -> list[str]:
+    """One unique name per object, the same in the nodes and the CLI: its phrase with spaces as
+    ``_`` ("a chair" -> ``a_chair``), else its fallback (the mesh's name), else ``object``; a name
+    used before gets the object's index (``a_chair_2`` for the third object)."""
+    names: list[str] = []
+    for i, (phrase, fallback) in enumerate(zip(phrases, fallbacks)):
+        base = (phrase or fallback or "object").strip().replace(" ", "_") or "object"
+        names.append(unique_name(base, names, first=i))
+    return names
