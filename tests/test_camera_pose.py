@@ -115,3 +115,21 @@ def test_rotation_vectors_give_the_matrix_exponential_with_float32_gradients_nea
             .sum().backward()
         assert torch.isfinite(r32.grad).all()
         assert torch.allclose(r32.grad.double(), r64.grad, atol=1e-5), scale
+
+
+def test_novel_views_share_the_reference_lens_and_look_at_the_target():
+    """Cameras.orbit_like, the one helper behind SSDS's sampled views, the CLI's preview views and
+    the procedural scenes' evaluation views."""
+    ref = Cameras.orbit(-15.0, 10.0, 3.0, 40.0, 96, 64, near=0.05, far=20.0)
+    target = torch.tensor([0.1, 0.2, 0.3])
+    el, az, r = torch.tensor([-30.0, 0.0]), torch.tensor([45.0, -45.0]), torch.tensor([2.0, 4.0])
+    cams = Cameras.orbit_like(ref, el, az, r, target)
+    assert (len(cams), cams.width, cams.height, cams.near, cams.far) == (2, 96, 64, 0.05, 20.0)
+    assert torch.equal(cams.fov_y_deg, ref.fov_y_deg.expand(2))
+    torch.testing.assert_close(cams.c2w, Cameras.orbit(el, az, r, 40.0, 96, 64, target).c2w, atol=0, rtol=0)
+    eye = cams.c2w[:, :3, 3]
+    torch.testing.assert_close((eye - target).norm(dim=1), r)
+    towards = (target - eye) / (target - eye).norm(dim=1, keepdim=True)
+    torch.testing.assert_close(-cams.c2w[:, :3, 2], towards, atol=1e-6, rtol=0)  # OpenGL: looks down -Z
+    square = Cameras.orbit_like(ref, 0.0, 0.0, 1.0, (0.0, 0.0, 0.0), fov_y_deg=30.0, width=32, height=32)
+    assert (len(square), square.width, square.height, float(square.fov_y_deg[0])) == (1, 32, 32, 30.0)

@@ -184,11 +184,9 @@ def _novel_cameras(scene, size: int, offsets=(-45.0, 45.0)):
     from ..guidance.ssds import reference_orbit
 
     el, az, r, centre = reference_orbit(scene)
-    fov = float(scene.camera.fov_y_deg[0])
-    return Cameras.orbit(torch.tensor([el - 10.0] * len(offsets)), torch.tensor([az + o for o in offsets]),
-                         torch.tensor([r] * len(offsets)), fov, size, size,
-                         target=tuple(float(c) for c in centre), near=scene.camera.near, far=scene.camera.far,
-                         device=scene.camera.device)
+    return Cameras.orbit_like(scene.camera, torch.tensor([el - 10.0] * len(offsets)),
+                              torch.tensor([az + o for o in offsets]), torch.tensor([r] * len(offsets)),
+                              tuple(float(c) for c in centre), width=size, height=size)
 
 
 @dataclass(frozen=True)

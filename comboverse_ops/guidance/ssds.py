@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import TokenWeights, install_spatial_attention, remove_spatial_attention
-from ..types.camera import Cameras, orbit_camera
+from ..types.camera import Cameras
 from ..determinism import ordered_sum, serial_bilinear
 from ..render import render_scene
 from ..types.scene import Scene
@@ -154,10 +154,8 @@ def sample_views(scene: Scene, n: int, resolution: int, sampling: ViewSampling,
     el = (el0 + draw[:, 0]).clamp(-89.0, 89.0)
     az = az0 + draw[:, 1]
     r = r0 * draw[:, 2]
-    fov = torch.full((n,), sampling.fov_deg, dtype=torch.float32, device=device) if sampling.fov_deg is not None \
-        else cam.fov_y_deg[:1].float().expand(n)
-    c2w = orbit_camera(el.float(), az.float(), r.float(), centre.float(), device=device)
-    return Cameras.create(c2w, fov, resolution, resolution, cam.near, cam.far)
+    return Cameras.orbit_like(cam, el.float(), az.float(), r.float(), centre.float(), fov_y_deg=sampling.fov_deg,
+                              width=resolution, height=resolution)
 
 
 def sds_loss(latents: torch.Tensor, eps_pred: torch.Tensor, noise: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

