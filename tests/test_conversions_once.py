@@ -34,3 +34,24 @@ def test_only_the_renderer_samples_textures_at_fragments():
     """The renderer's ``shade`` colours fragments; vertex colours come from texture_to_vertex_colors."""
     hits = sorted({p.relative_to(ROOT).as_posix() for p in SOURCES if re.search(r"\bshade\b", _code(p))})
     assert hits and all(h.startswith("comboverse_ops/render/") for h in hits), hits
+
+
+def test_the_picture_is_converted_where_it_enters_a_stage_and_nowhere_after():
+    """Segment and Inpaint convert the picture they are given once (Inpaint's windows and its
+    untouched objects' crops share one conversion); ``comboverse run`` reuses Segment's."""
+    calls = {p.relative_to(ROOT).as_posix(): len(re.findall(r"(?<!def )\bsource_rgb\(", _code(p))) for p in SOURCES}
+    assert {k: v for k, v in calls.items() if v} == {"comboverse_ops/decompose/segment.py": 1,
+                                                      "comboverse_ops/decompose/inpaint.py": 2}
+
+
+def test_segment_keeps_the_picture_it_converted():
+    import torch
+
+    from comboverse_ops.decompose.segment import segment_image, source_rgb
+
+    image = torch.rand(32, 40, 4, generator=torch.Generator().manual_seed(0))  # RGBA
+    masks = torch.zeros(1, 32, 40)
+    masks[0, 8:20, 10:30] = 1
+    seg = segment_image(image, masks=masks)
+    rgb, alpha = source_rgb(image)
+    assert torch.equal(seg.rgb, rgb) and torch.equal(seg.alpha, alpha)

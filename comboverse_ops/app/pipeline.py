@@ -338,7 +338,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     from ..compose.refine import RefineTargets, refine_poses
     from ..render import render_scene
     from ..types.scene import Scene, SceneObject, object_names
-    from ..decompose.segment import segment_image, source_rgb
+    from ..decompose.segment import segment_image
 
     s = settings
     inputs = check_inputs(image_path, boxes, out_path, s)
@@ -455,7 +455,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     else:
         models_used["guidance"] = {"kind": "none (reference view + physics only)", "file": None}
     rs = replace(inputs.refine, weights=replace(inputs.refine.weights, guidance=s.ssds_weight if use_ssds else 0.0))
-    rgb, _ = source_rgb(image)
+    rgb = seg.rgb  # the picture as Segment converted it
     cb = bar("refine", max(1, rs.steps))
     try:
         result = refine_poses(start, RefineTargets.from_masks(rgb, layout.masks.float()), rs, callback=cb,

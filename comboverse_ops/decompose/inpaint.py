@@ -223,9 +223,19 @@ def prepare_inpaint_windows(image_hwc: torch.Tensor, layout: Layout,
         :class:`InpaintWindows` on the CPU, float32. Noise of object ``i`` is drawn from a
         generator seeded with ``settings.seed + i``.
     """
+    _require_masks(layout)
+    rgb, _ = source_rgb(image_hwc.cpu())
+    return _windows(rgb, layout, settings)
+
+
+def _require_masks(layout: Layout) -> None:
     if layout.masks is None:
         raise ValueError("Inpaint: the layout has no object masks; connect the layout output of ComboVerse Segment")
-    rgb, _ = source_rgb(image_hwc.cpu())
+
+
+def _windows(rgb: torch.Tensor, layout: Layout, settings: InpaintSettings) -> InpaintWindows:
+    """:func:`prepare_inpaint_windows` of the picture's ``[H, W, 3]`` float32 RGB on the CPU, converted
+    once by the caller (:func:`~comboverse_ops.decompose.segment.source_rgb`)."""
     size = tuple(rgb.shape[:2])
     if tuple(layout.image_size) != size:
         raise ValueError(f"Inpaint: the layout is for a {layout.image_size[0]}x{layout.image_size[1]} image but the "
@@ -440,13 +450,14 @@ def inpaint_objects(image_hwc: torch.Tensor, layout: Layout, model, settings: In
     Returns:
         :class:`InpaintResult`; objects that nothing occludes get exactly Segment's crop.
     """
-    windows = prepare_inpaint_windows(image_hwc, layout, settings)
+    _require_masks(layout)
+    rgb, alpha = source_rgb(image_hwc.cpu())  # once: for the windows and for the untouched objects' crops
+    windows = _windows(rgb, layout, settings)
     prompts = [object_prompt(settings, p) for p in layout.phrases]
     completed = complete_with_sd(model, windows, prompts, settings, callback) if any(windows.occluded) \
         else windows.images.clone()
     crops, crop_masks, masks = finish_objects(completed, windows.object_masks, windows.inpaint_masks, windows.boxes,
                                               settings, recenter, sam)
-    rgb, alpha = source_rgb(image_hwc.cpu())
     for i, occ in enumerate(windows.occluded):
         if not occ:  # untouched: the same crop Segment made from the source image
             coverage = layout.masks[i].cpu().float() * (alpha if alpha is not None else 1.0)

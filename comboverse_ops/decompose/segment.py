@@ -73,6 +73,9 @@ class Segmentation:
         crop_masks: ``[N, S, S]`` float in [0, 1], the objects' coverage in the crops.
         transforms: ``N`` :class:`~comboverse_ops.decompose.crops.CropTransform`, crop <-> source pixels.
         scores: ``[N]`` SAM's predicted IoU of each kept mask (NaN for masks given by the caller).
+        rgb: ``[H, W, 3]`` float32 in [0, 1], the picture the objects were cut from, converted once
+            (:func:`source_rgb`), for later stages that need it (the reference view of refine).
+        alpha: ``[H, W]`` float32 in [0, 1], the picture's own transparency, or None.
     """
 
     layout: Layout
@@ -80,6 +83,8 @@ class Segmentation:
     crop_masks: torch.Tensor
     transforms: tuple[CropTransform, ...]
     scores: torch.Tensor
+    rgb: torch.Tensor | None = None
+    alpha: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,7 +385,7 @@ def objects_from_masks(rgb: torch.Tensor, masks: torch.Tensor, *, boxes: torch.T
     layout = Layout(boxes.to(torch.float32).cpu(), size, tuple(phrases) or ("",) * n, binary.float().cpu())
     if scores is None:
         scores = torch.full((n,), float("nan"))
-    return Segmentation(layout, torch.stack(crops), torch.stack(crop_masks), tuple(transforms), scores)
+    return Segmentation(layout, torch.stack(crops), torch.stack(crop_masks), tuple(transforms), scores, rgb, alpha)
 
 
 def segment_image(image_hwc: torch.Tensor, sam=None, *, boxes: torch.Tensor | None = None,
