@@ -80,6 +80,7 @@ class PipelineSettings:
     # SSDSRefine
     refine_steps: int = 200
     refine_resolution: int = 128
+    refine_guided_steps: int = RefineSettings.guided_steps
     refine_guidance_every: int = RefineSettings.guidance_every
     refine_stop_tolerance: float = RefineSettings.stop_tolerance
     ssds_weight: float = 1.0
@@ -299,7 +300,8 @@ def _stage_settings(s: PipelineSettings):
     lift = make("--mc-resolution / --density-threshold / --max-faces", lambda: Lift3DSettings(
         resolution=s.mc_resolution, density_threshold=s.density_threshold, max_faces=s.max_faces).validate())
     refine = make("--steps / --refine-resolution / --ssds-weight / --guidance-every / --stop-tolerance",
-                  lambda: RefineSettings(steps=s.refine_steps, resolution=s.refine_resolution,
+                  lambda: RefineSettings(steps=s.refine_steps, guided_steps=s.refine_guided_steps,
+                                         resolution=s.refine_resolution,
                                          weights=replace(LossWeights(), guidance=s.ssds_weight),
                                          guidance_every=s.refine_guidance_every,
                                          stop_tolerance=s.refine_stop_tolerance))
@@ -459,7 +461,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
         models_used["guidance"] = {"kind": "none (reference view + physics only)", "file": None}
     rs = replace(inputs.refine, weights=replace(inputs.refine.weights, guidance=s.ssds_weight if use_ssds else 0.0))
     rgb, _ = source_rgb(image)
-    cb = bar("refine", max(1, rs.steps))
+    cb = bar("refine", max(1, rs.steps_for(guidance is not None and rs.weights.guidance != 0)))
     try:
         result = refine_poses(start, RefineTargets.from_masks(rgb, layout.masks.float()), rs, callback=cb,
                               guidance=guidance)
