@@ -7,7 +7,7 @@
 What it does:
 
 1. Starts a local Ray with every visible GPU (or ``--workers`` CPUs) and one worker per GPU
-   (:class:`comboverse_ops.batch.WorkerPool`, the pool ``comboverse batch`` uses).
+   (:class:`comboverse_ops.app.batch.WorkerPool`, the pool ``comboverse batch`` uses).
 2. GPU: writes a models folder with random weights at the released sizes in the real file
    formats (``benchmarks/pipeline.py``: SAM vit_h, SD-2 inpainting, SD 1.5 guidance, TripoSR,
    Depth Anything V2) and runs the real pipeline. As there, the outputs of random weights are
@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from comboverse_ops.batch import (BatchSettings, OutputFolder, WorkerPool, read_manifest, run_scenes,  # noqa: E402
+from comboverse_ops.app.batch import (BatchSettings, OutputFolder, WorkerPool, read_manifest, run_scenes,  # noqa: E402
                                   start_ray, write_procedural_manifest)
-from comboverse_ops.pipeline import PipelineSettings  # noqa: E402
+from comboverse_ops.app.pipeline import PipelineSettings  # noqa: E402
 from stand_ins import substitution_notes  # noqa: E402
 
 
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
         pool.check(settings, bs.stand_ins)
         quiet = open(os.devnull, "w")
 
-        from comboverse_ops.batch.runner import BatchProgress
+        from comboverse_ops.app.batch.runner import BatchProgress
 
         def timed(manifest: Path, out: Path, workers: list[int]):
             entries = read_manifest(manifest)

@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from comboverse_ops.init_pose import InitSettings, init_poses  # noqa: E402
-from comboverse_ops.layout import Layout  # noqa: E402
-from comboverse_ops.metrics import scene_metrics  # noqa: E402
-from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene, novel_cameras  # noqa: E402
-from comboverse_ops.refine import LossWeights, RefineSettings, RefineTargets, refine_poses  # noqa: E402
+from comboverse_ops.compose.init_pose import InitSettings, init_poses  # noqa: E402
+from comboverse_ops.types.layout import Layout  # noqa: E402
+from comboverse_ops.synthetic.metrics import scene_metrics  # noqa: E402
+from comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene, novel_cameras  # noqa: E402
+from comboverse_ops.compose.refine import LossWeights, RefineSettings, RefineTargets, refine_poses  # noqa: E402
 
 PAPER = LossWeights(silhouette=0, penetration=0, support=0)
 DEFAULT = "default: camera+support+penetration"

@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from comboverse_ops.lift3d.checkpoint import build_triposr  # noqa: E402
 from comboverse_ops.lift3d.config import load_triposr_config  # noqa: E402
-from comboverse_ops.lift3d.decimate import decimate  # noqa: E402
+from comboverse_ops.meshio.decimate import decimate  # noqa: E402
 from comboverse_ops.lift3d.preprocess import conditioning_images  # noqa: E402
 from comboverse_ops.lift3d.surface import marching_cubes, sample_density_grid  # noqa: E402
 from comboverse_ops.lift3d.triposr import TripoSR  # noqa: E402
-from comboverse_ops.mesh import Mesh  # noqa: E402
+from comboverse_ops.types.mesh import Mesh  # noqa: E402
 
 TINY = ROOT / "tests" / "data" / "triposr_tiny"
 

@@ -13,7 +13,7 @@ What it does:
    fp32), ``checkpoints/v1-5-pruned-emaonly.safetensors`` (SD 1.5, the guidance model),
    ``triposr/model.ckpt`` (TripoSR, released architecture), ``depth_anything/Depth-Anything-V2-Large-hf/``
    (transformers save_pretrained) and a CLIP BPE tokenizer in ``clip_tokenizer/``.
-2. Runs :func:`comboverse_ops.pipeline.run_pipeline` (what ``comboverse run`` calls) on a
+2. Runs :func:`comboverse_ops.app.pipeline.run_pipeline` (what ``comboverse run`` calls) on a
    768x768 picture of three objects, one partly hidden by another, with the boxes, a prompt and
    default settings: SAM vit_h, SD-2 inpainting 30 steps, TripoSR 256^3, Depth Anything V2
    Large, 200 refine steps with SSDS (SD 1.5, 4 views) and the physics terms, export.
@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_models: the tests' builders for the real file formats
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from comboverse_ops.pipeline import PipelineSettings, run_pipeline  # noqa: E402
+from comboverse_ops.app.pipeline import PipelineSettings, run_pipeline  # noqa: E402
 from stand_ins import substitute_trained_outputs  # noqa: E402
 
 GOAL_SECONDS, GOAL_GB = 60.0, 12.0
@@ -82,7 +82,7 @@ def size_of(path: Path) -> float:
 def write_sd(path: Path, config: str, device) -> None:
     from safetensors.torch import save_file
 
-    from comboverse_ops.models.sd import shipped_config_dir
+    from comboverse_ops.models.sd_checkpoint import shipped_config_dir
     from tiny_models import build_sd_models, text_to_ldm, unet_to_ldm, vae_to_ldm
 
     family = "sd2" if config.startswith("sd2") else "sd1"
@@ -305,7 +305,7 @@ def main(argv=None) -> int:
         print(f"  models written in {time.perf_counter() - t:.1f} s")
         size = 128 if args.tiny else 768
         image, boxes, masks, prompt = three_objects(size)
-        from comboverse_ops.atomic import save_png_atomic
+        from comboverse_ops.meshio.atomic import save_png_atomic
         image_path = save_png_atomic(Path(tmp) / "three_objects.png", image)
         notes = substitute_trained_outputs(masks, (size, size))
         overrides = {f.name: getattr(args, f.name) for f in fields(PipelineSettings)

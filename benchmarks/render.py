@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from comboverse_ops import Cameras, Pose, Scene, SceneObject  # noqa: E402
-from comboverse_ops.primitives import make_primitive  # noqa: E402
+from comboverse_ops.synthetic.primitives import make_primitive  # noqa: E402
 from comboverse_ops.render import render_scene  # noqa: E402
 from comboverse_ops.render.common import flatten_scene, to_clip  # noqa: E402
 from comboverse_ops.render.nvdiffrast_backend import nvdiffrast_available  # noqa: E402

@@ -9,8 +9,8 @@ For each render resolution (256, 512) and views per step (4, 10) it measures, in
 - ``bare``: VAE-encode (with gradients) of ``views`` images upsampled to the model's 512, the
   UNet on the classifier-free-guidance batch (2 x views, spatial-token processor installed) and
   the backward pass to the images: the cost any SDS step pays;
-- ``refine``: one full iteration of :func:`comboverse_ops.refine.refine_poses` with
-  :class:`comboverse_ops.ssds.SSDSGuidance` (novel-view render, reference render and losses,
+- ``refine``: one full iteration of :func:`comboverse_ops.compose.refine.refine_poses` with
+  :class:`comboverse_ops.guidance.ssds.SSDSGuidance` (novel-view render, reference render and losses,
   physics terms, the SDS step, backward to the poses, Adam), as the difference between runs of
   ``1 + n`` and ``1`` steps so one-off setup is not counted;
 
@@ -39,17 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from comboverse_ops.init_pose import init_poses
-from comboverse_ops.layout import Layout
-from comboverse_ops.models.sd import (
-    SDCheckpointInfo,
-    SDModel,
-    load_clip_tokenizer,
-    shipped_config_dir,
-)
-from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
-from comboverse_ops.refine import RefineSettings, RefineTargets, refine_poses
-from comboverse_ops.ssds import SSDSGuidance, SSDSSettings, sds_loss
+from comboverse_ops.compose.init_pose import init_poses
+from comboverse_ops.types.layout import Layout
+from comboverse_ops.models.sd import SDModel
+from comboverse_ops.models.sd_checkpoint import SDCheckpointInfo, shipped_config_dir
+from comboverse_ops.models.sd_text import load_clip_tokenizer
+from comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene
+from comboverse_ops.compose.refine import RefineSettings, RefineTargets, refine_poses
+from comboverse_ops.guidance.ssds import SSDSGuidance, SSDSSettings, sds_loss
 
 VARIANTS = ("base", "channels_last", "autocast", "compile", "compile_vae")
 

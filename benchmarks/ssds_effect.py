@@ -4,15 +4,15 @@
     python benchmarks/ssds_effect.py --set tune --scenes 30 --variants main --workers 16
     python benchmarks/ssds_effect.py --tiny --scenes 2 --steps 5 --workers 0        # CPU smoke run
 
-Scenes (:mod:`comboverse_ops.ambiguous`): procedural scenes of 2 (some 3) primitives whose
+Scenes (:mod:`comboverse_ops.synthetic.ambiguous`): procedural scenes of 2 (some 3) primitives whose
 InitPose start breaks the caption's relation where the reference view cannot see it (depth
 order swapped, the "behind" object started in front at a smaller scale, the "on top" object
 floating or sunk). The caption is viewer-relative, in the spatial prior's words ("a red cube
 behind a blue sphere"). Tuning set and report set use different seeds (``--set``).
 
-Each variant refines every scene with :func:`comboverse_ops.refine.refine_poses` (today's layout
+Each variant refines every scene with :func:`comboverse_ops.compose.refine.refine_poses` (today's layout
 defaults) and the guidance below, with and without the physics terms (``penetration`` and
-``support`` weights of :class:`~comboverse_ops.refine.LossWeights`):
+``support`` weights of :class:`~comboverse_ops.compose.refine.LossWeights`):
 
 - ``ref``: reference view only, no guidance (the paper's "no guidance");
 - ``sds``: plain SDS, no reweighting (``reweight = 1``), ``t`` uniform in ``[0.02, 0.98]``;
@@ -38,8 +38,8 @@ that answer the issue's targets), ``all`` (default),
 separated by ``;`` (any combination can be named, e.g. ``"ssds+phys (10 views, scale 30, az
 -45..45, ray)"``).
 
-Metrics (means over scenes; definitions in :mod:`comboverse_ops.metrics` and
-:mod:`comboverse_ops.relations`): relation satisfied in 3D (share of scenes whose every stated
+Metrics (means over scenes; definitions in :mod:`comboverse_ops.synthetic.metrics` and
+:mod:`comboverse_ops.compose.relations`): relation satisfied in 3D (share of scenes whose every stated
 relation holds after refining; ``init``: before), translation error over the scene extent
 (unaligned and after the one-scale alignment about the camera), 3D box IoU (after alignment),
 novel-view mask IoU (4 views; unaligned and aligned), reference-view IoU, Chamfer distance and
@@ -74,13 +74,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from comboverse_ops.ambiguous import AmbiguousScene, set_scene  # noqa: E402
-from comboverse_ops.camera import Cameras  # noqa: E402
-from comboverse_ops.metrics import box3d_iou, scene_metrics, surface_metrics  # noqa: E402
-from comboverse_ops.procedural import novel_cameras  # noqa: E402
-from comboverse_ops.refine import LossWeights, RefineSettings, RefineTargets, refine_poses  # noqa: E402
+from comboverse_ops.synthetic.ambiguous import AmbiguousScene, set_scene  # noqa: E402
+from comboverse_ops.types.camera import Cameras  # noqa: E402
+from comboverse_ops.synthetic.metrics import box3d_iou, scene_metrics, surface_metrics  # noqa: E402
+from comboverse_ops.synthetic.procedural import novel_cameras  # noqa: E402
+from comboverse_ops.compose.refine import LossWeights, RefineSettings, RefineTargets, refine_poses  # noqa: E402
 from comboverse_ops.render import render_scene  # noqa: E402
-from comboverse_ops.scene import Scene  # noqa: E402
+from comboverse_ops.types.scene import Scene  # noqa: E402
 
 DEFAULT_PRIOR = ROOT / "comboverse_ops" / "assets" / "spatial_prior"
 
@@ -320,7 +320,7 @@ def _run(task) -> dict:
     targets = RefineTargets.from_masks(amb.image, amb.masks)
     probe = None
     if GUIDANCE[v.guidance] is not None:
-        from comboverse_ops.ssds import SSDSGuidance, SSDSSettings, ViewSampling
+        from comboverse_ops.guidance.ssds import SSDSGuidance, SSDSSettings, ViewSampling
 
         model = _STATE["model"]
         if model is None:

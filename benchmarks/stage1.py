@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_models: the tests' tiny architectures and tokenizer
 
-from comboverse_ops.layout import Layout  # noqa: E402
+from comboverse_ops.types.layout import Layout  # noqa: E402
 
 
 def sync(device):
@@ -71,15 +71,17 @@ def occlusion_scene(size: int):
 
 
 def build_sd(config_dir: Path, tokenizer_dir: Path, device, dtype):
-    from comboverse_ops.models.sd import SDCheckpointInfo, SDModel, _cast, load_clip_tokenizer
+    from comboverse_ops.models.sd import SDModel
+    from comboverse_ops.models.sd_checkpoint import SDCheckpointInfo
+    from comboverse_ops.models.sd_text import cast_module, load_clip_tokenizer
     from tiny_models import build_sd_models
 
     # Random init straight on the device; small weights keep activations finite in fp16 for 30 steps.
     unet, vae, text = build_sd_models(config_dir, 0, device=device, weight_scale=0.5)
     sched = json.loads((config_dir / "scheduler" / "scheduler_config.json").read_text())
     tok = load_clip_tokenizer([tokenizer_dir], "sd2", text.config.max_position_embeddings)
-    return SDModel(_cast(unet, dtype).eval(), _cast(vae, dtype).eval(), _cast(text, dtype).eval(), tok, sched,
-                   SDCheckpointInfo("sd2", True), config_dir)
+    return SDModel(cast_module(unet, dtype).eval(), cast_module(vae, dtype).eval(), cast_module(text, dtype).eval(),
+                   tok, sched, SDCheckpointInfo("sd2", True), config_dir)
 
 
 def main(argv=None) -> int:
@@ -98,10 +100,10 @@ def main(argv=None) -> int:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     resolution = args.resolution or (64 if args.tiny else 512)
 
-    from comboverse_ops.inpaint import InpaintSettings, complete_with_sd, object_prompt, prepare_inpaint_windows
+    from comboverse_ops.decompose.inpaint import InpaintSettings, complete_with_sd, object_prompt, prepare_inpaint_windows
     from comboverse_ops.models.sam import SAM_ARCHITECTURES, LoadedSam, SamArchitecture, build_sam
-    from comboverse_ops.models.sd import shipped_config_dir
-    from comboverse_ops.segment import SegmentSettings, sam_masks
+    from comboverse_ops.models.sd_checkpoint import shipped_config_dir
+    from comboverse_ops.decompose.segment import SegmentSettings, sam_masks
     from tiny_models import SAM_TINY, tiny_sd_configs, write_config_dir, write_tiny_tokenizer
 
     import diffusers

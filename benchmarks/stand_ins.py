@@ -37,8 +37,8 @@ def substitute_trained_outputs(picture_masks: torch.Tensor | None = None,
             any other image (an inpainted window), the ellipse in each box.
         picture_hw: ``(H, W)`` of the picture, with ``picture_masks``.
     """
-    import comboverse_ops.segment as segment
-    from comboverse_ops.layout import boxes_from_masks
+    import comboverse_ops.decompose.segment as segment
+    from comboverse_ops.types.layout import boxes_from_masks
     from comboverse_ops.lift3d.triposr import TripoSR
     from lift3d import blob_density
 

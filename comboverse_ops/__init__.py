@@ -4,10 +4,10 @@ Heavy modules (rendering, export, models) are imported where they are used; this
 import stays cheap.
 """
 
-from .camera import Cameras
-from .mesh import Mesh
-from .pose import Pose
-from .scene import Scene, SceneObject
+from .types.camera import Cameras
+from .types.mesh import Mesh
+from .types.pose import Pose
+from .types.scene import Scene, SceneObject
 
 __all__ = ["Cameras", "Mesh", "Pose", "Scene", "SceneObject"]
 __version__ = "0.1.0"

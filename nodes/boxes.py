@@ -34,7 +34,7 @@ class Boxes:
         }}
 
     def boxes(self, image, boxes):
-        from ..comboverse_ops.layout import parse_box_input, to_bounding_boxes
+        from ..comboverse_ops.types.layout import parse_box_input, to_bounding_boxes
 
         img = single_image(image, "ComboVerse Boxes")
         try:

@@ -6,15 +6,15 @@ from dataclasses import replace
 
 import torch
 
-from ..comboverse_ops.init_pose import (
+from ..comboverse_ops.compose.init_pose import (
     DEPTH_KINDS,
     InitSettings,
     depth_from_image,
     init_poses,
     reference_camera,
 )
-from ..comboverse_ops.layout import layout_meta
-from ..comboverse_ops.refine import (
+from ..comboverse_ops.types.layout import layout_meta
+from ..comboverse_ops.compose.refine import (
     PARAMETERIZATIONS,
     LossWeights,
     RefineSettings,
@@ -22,8 +22,8 @@ from ..comboverse_ops.refine import (
     refine_poses,
 )
 from ..comboverse_ops.render import BACKENDS, render_scene
-from ..comboverse_ops.scene import Scene, SceneObject
-from ..comboverse_ops.ssds import SSDSGuidance, SSDSSettings
+from ..comboverse_ops.types.scene import Scene, SceneObject
+from ..comboverse_ops.guidance.ssds import SSDSGuidance, SSDSSettings
 from . import host
 from .host import GUIDANCE_MODEL, LAYOUT, MESHES, SCENE, Progress
 

@@ -9,7 +9,7 @@ import torch
 
 from . import host
 
-DEPTH_MODEL = "COMBOVERSE_DEPTH_MODEL"  # comboverse_ops.depth.DepthModel
+DEPTH_MODEL = "COMBOVERSE_DEPTH_MODEL"  # comboverse_ops.decompose.depth.DepthModel
 DEPTH_FOLDER = "depth_anything"  # models/depth_anything/<name>/: save_pretrained folders
 _LOADER = "ComboVerse Load Depth Model"
 
@@ -78,7 +78,7 @@ class LoadDepthModel:
 
     @classmethod
     def VALIDATE_INPUTS(cls, model_folder=None):
-        from ..comboverse_ops.depth import check_depth_folder
+        from ..comboverse_ops.decompose.depth import check_depth_folder
 
         def check():
             try:
@@ -89,7 +89,7 @@ class LoadDepthModel:
         return model_folder is None or host.validation(check)
 
     def load(self, model_folder):
-        from ..comboverse_ops.depth import load_depth_model
+        from ..comboverse_ops.decompose.depth import load_depth_model
 
         return (host.load_from_folder(load_depth_model, resolve_depth_folder(model_folder), _LOADER),)
 
@@ -114,7 +114,7 @@ class Depth:
         }}
 
     def estimate(self, depth_model, image):
-        from ..comboverse_ops.depth import estimate_disparity
+        from ..comboverse_ops.decompose.depth import estimate_disparity
 
         if image.ndim != 4 or image.shape[-1] not in (3, 4):
             raise ValueError(f"ComboVerse Depth: expected an IMAGE [B, H, W, 3], got {tuple(image.shape)}")

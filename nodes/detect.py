@@ -5,7 +5,7 @@ from __future__ import annotations
 from . import host
 from .segment import single_image
 
-DETECTOR = "COMBOVERSE_DETECTOR"  # comboverse_ops.detect.Detector
+DETECTOR = "COMBOVERSE_DETECTOR"  # comboverse_ops.decompose.detect.Detector
 DETECTOR_FOLDER = "detectors"  # models/detectors/<name>/: save_pretrained folders (OWLv2, OWL-ViT)
 _LOADER = "ComboVerse Load Detector"
 _WHAT = "an OWLv2 folder as saved by save_pretrained (e.g. owlv2-base-patch16-ensemble)"
@@ -30,7 +30,7 @@ class LoadDetector:
         }}
 
     def load(self, model_folder):
-        from ..comboverse_ops.detect import load_detector
+        from ..comboverse_ops.decompose.detect import load_detector
 
         folder = host.resolve_model_folder(DETECTOR_FOLDER, model_folder, _LOADER, _WHAT)
         return (host.load_from_folder(load_detector, folder, _LOADER),)
@@ -50,7 +50,7 @@ class Detect:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..comboverse_ops.detect import DetectSettings
+        from ..comboverse_ops.decompose.detect import DetectSettings
 
         return {"required": {
             "detector": (DETECTOR, {"tooltip": "From ComboVerse Load Detector."}),
@@ -64,8 +64,8 @@ class Detect:
         }}
 
     def detect(self, detector, image, phrases, threshold):
-        from ..comboverse_ops.detect import DetectSettings, detect_phrases
-        from ..comboverse_ops.layout import to_bounding_boxes
+        from ..comboverse_ops.decompose.detect import DetectSettings, detect_phrases
+        from ..comboverse_ops.types.layout import to_bounding_boxes
 
         img = single_image(image, "ComboVerse Detect")
         names = [line.strip() for line in (phrases or "").splitlines() if line.strip()]

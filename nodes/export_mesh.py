@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..comboverse_ops.colorspace import srgb_to_linear
-from ..comboverse_ops.export import scene_to_mesh_arrays, scene_vertex_colors, write_glb
+from ..comboverse_ops.types.colorspace import srgb_to_linear
+from ..comboverse_ops.meshio.core_mesh import scene_to_mesh_arrays, scene_vertex_colors
+from ..comboverse_ops.meshio.glb import write_glb
 from .host import SCENE, make_core_mesh, next_output_path, workflow_metadata
 
 

@@ -18,9 +18,9 @@ import torch
 
 # Socket types of this pack. Core types (IMAGE, MASK, MESH, BOUNDING_BOX) are used wherever a
 # person or another node may want to step in.
-SCENE = "COMBOVERSE_SCENE"  # comboverse_ops.scene.Scene: meshes, poses, reference camera
-LAYOUT = "COMBOVERSE_LAYOUT"  # comboverse_ops.layout.Layout: boxes, phrases, masks in source pixels
-MESHES = "COMBOVERSE_MESHES"  # list[comboverse_ops.mesh.Mesh], canonical frame, one per object
+SCENE = "COMBOVERSE_SCENE"  # comboverse_ops.types.scene.Scene: meshes, poses, reference camera
+LAYOUT = "COMBOVERSE_LAYOUT"  # comboverse_ops.types.layout.Layout: boxes, phrases, masks in source pixels
+MESHES = "COMBOVERSE_MESHES"  # list[comboverse_ops.types.mesh.Mesh], canonical frame, one per object
 SAM_MODEL = "COMBOVERSE_SAM"
 INPAINT_MODEL = "COMBOVERSE_INPAINT_MODEL"
 LIFT3D_MODEL = "COMBOVERSE_LIFT3D_MODEL"
@@ -136,7 +136,7 @@ def make_core_mesh(vertices: torch.Tensor, faces: torch.Tensor, vertex_colors: t
 
     ``vertex_colors``: ``[B,N,3]`` **linear** values in [0, 1], core's convention (its SaveGLB
     writes them to glTF ``COLOR_0`` unchanged); convert the pack's sRGB colours with
-    :func:`..comboverse_ops.colorspace.srgb_to_linear` first. Uses ComfyUI's own class; the
+    :func:`..comboverse_ops.types.colorspace.srgb_to_linear` first. Uses ComfyUI's own class; the
     colours go to its constructor where that version takes them, else onto the object as an
     attribute (which older SaveGLB ignores). Outside ComfyUI a small stand-in with the same
     attributes is returned.

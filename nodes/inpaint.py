@@ -21,7 +21,7 @@ _SAM_INPUT = (SAM_MODEL, {"tooltip": "Optional, from ComboVerse Load SAM: re-seg
 
 
 def _settings(**kw):
-    from ..comboverse_ops.inpaint import InpaintSettings
+    from ..comboverse_ops.decompose.inpaint import InpaintSettings
 
     return InpaintSettings(**kw)
 
@@ -68,7 +68,7 @@ class Inpaint:
 
     def inpaint(self, inpaint_model, image, layout, seed, steps, guidance, prompt, use_phrases, resolution,
                 resegment, crop_size, foreground_ratio, background, sam=None, negative_prompt=""):
-        from ..comboverse_ops.inpaint import inpaint_objects
+        from ..comboverse_ops.decompose.inpaint import inpaint_objects
 
         img = single_image(image, "ComboVerse Inpaint")
         settings = _settings(prompt=prompt, use_phrases=bool(use_phrases), negative_prompt=negative_prompt or "",
@@ -110,7 +110,7 @@ class InpaintPrepare:
         }}
 
     def prepare(self, image, layout, seed, resolution, prompt):
-        from ..comboverse_ops.inpaint import object_prompt, prepare_inpaint_windows
+        from ..comboverse_ops.decompose.inpaint import object_prompt, prepare_inpaint_windows
 
         settings = _settings(seed=int(seed), resolution=int(resolution), prompt=prompt)
         w = prepare_inpaint_windows(single_image(image, "ComboVerse Inpaint Prepare"), layout, settings)
@@ -145,8 +145,8 @@ class InpaintFinish:
 
     def finish(self, images, object_masks, inpaint_masks, resegment, crop_size, foreground_ratio, background,
                sam=None):
-        from ..comboverse_ops.inpaint import finish_objects
-        from ..comboverse_ops.layout import boxes_from_masks
+        from ..comboverse_ops.decompose.inpaint import finish_objects
+        from ..comboverse_ops.types.layout import boxes_from_masks
 
         # The box of each object in its window: the inpaint mask is "box and not object", so the two together
         # cover the box (as far as pixels show it).

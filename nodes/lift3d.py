@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..comboverse_ops.lift3d.decimate import MAX_FACES
+from ..comboverse_ops.meshio.decimate import MAX_FACES
 from ..comboverse_ops.lift3d.preprocess import FOREGROUND_RATIO
-from ..comboverse_ops.lift3d.frames import AXES
+from ..comboverse_ops.meshio.frames import AXES
 from ..comboverse_ops.models.precision import PRECISION_TOOLTIP, PRECISIONS, model_dtype
 from . import host
 from .host import LIFT3D_MODEL, MESHES
@@ -137,7 +137,7 @@ def _with_frame_preview(new, result):
     (front view and from the front-right above): a wrong front or up axis shows at once."""
     if not host.in_comfyui():
         return result
-    from ..comboverse_ops.frame_preview import frame_preview
+    from ..comboverse_ops.meshio.frame_preview import frame_preview
 
     return {"ui": host.temp_image_ui(frame_preview(new), "frame"), "result": result}
 
@@ -169,7 +169,7 @@ class MeshesFromMESH:
         }
 
     def convert(self, mesh, front_axis, up_axis, max_faces, name, meshes=None):
-        from ..comboverse_ops.meshes_in import append_objects, meshes_from_core_mesh
+        from ..comboverse_ops.meshio.meshes_in import append_objects, meshes_from_core_mesh
 
         new = meshes_from_core_mesh(mesh, front=front_axis, up=up_axis, max_faces=max_faces,
                                     name=name.strip() or "object")
@@ -198,7 +198,7 @@ class MeshesFromFile:
         }
 
     def load(self, paths, front_axis, up_axis, max_faces, meshes=None):
-        from ..comboverse_ops.meshes_in import append_objects, mesh_from_file
+        from ..comboverse_ops.meshio.meshes_in import append_objects, mesh_from_file
 
         lines = [line.strip() for line in paths.splitlines() if line.strip()]
         if not lines:

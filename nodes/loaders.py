@@ -29,7 +29,7 @@ class LoadSAM:
 
     @classmethod
     def VALIDATE_INPUTS(cls, sam_name=None):
-        from ..comboverse_ops.files import check_weights_file
+        from ..comboverse_ops.meshio.files import check_weights_file
 
         node = "ComboVerse Load SAM"
         return sam_name is None or host.validation(lambda: check_weights_file(

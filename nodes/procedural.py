@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
+from ..comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene
 from .host import SCENE
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..comboverse_ops.crops import BACKGROUNDS, RecenterSettings
+from ..comboverse_ops.decompose.crops import BACKGROUNDS, RecenterSettings
 from . import host
 from .host import LAYOUT, SAM_MODEL
 
@@ -90,8 +90,8 @@ class Segment:
 
     def segment(self, image, negative_points, auto_objects, crop_size, foreground_ratio, background, sam=None,
                 boxes=None, boxes_text="", points="", phrases="", masks=None, prompt=None, unique_id=None):
-        from ..comboverse_ops.layout import parse_box_input, parse_boxes, parse_points
-        from ..comboverse_ops.segment import SegmentSettings, segment_image
+        from ..comboverse_ops.types.layout import parse_box_input, parse_boxes, parse_points
+        from ..comboverse_ops.decompose.segment import SegmentSettings, segment_image
 
         img = single_image(image, "ComboVerse Segment")
         size = tuple(img.shape[:2])

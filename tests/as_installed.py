@@ -134,7 +134,7 @@ def imported_outside(allowed: set[str], before: set[str], watch: ImportWatch, pa
 
 def core_stand_ins(workflow, input_dir: Path) -> dict:
     """Core nodes the workflows use, standing in outside ComfyUI: LoadImage as `comboverse
-    run-workflow` runs it (``workflow``: the pack's comboverse_ops.workflow). The core inpainting
+    run-workflow` runs it (``workflow``: the pack's comboverse_ops.app.workflow). The core inpainting
     chain between Inpaint Prepare and Inpaint Finish passes the pixels through unchanged: it is
     ComfyUI's own code, not the pack's, and runs for real in tests/test_comfyui_real.py."""
     return {

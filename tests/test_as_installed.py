@@ -45,7 +45,7 @@ def _pack_copy(root: Path) -> Path:
 def _mesh_file(path: Path, kind: str, color) -> None:
     import trimesh
 
-    from comboverse_ops.primitives import make_primitive
+    from comboverse_ops.synthetic.primitives import make_primitive
 
     mesh = make_primitive(kind, color, target_faces=300)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,15 +202,15 @@ def test_every_workflow_and_every_node_runs_from_a_plain_copy_of_the_folder(inst
 
 def test_the_check_fails_on_an_absolute_import_of_the_pack(installed, tmp_path):
     """The check sees what ComfyUI sees: with the absolute import main once had in
-    comboverse_ops/procedural.py, the layout-only workflow fails here even though the editable
+    comboverse_ops/synthetic/procedural.py, the layout-only workflow fails here even though the editable
     install (or this test process) can import comboverse_ops."""
     root, copy, model_files, env = installed
     broken = tmp_path / "custom_nodes" / PACK
     shutil.copytree(copy, broken)
-    source = broken / "comboverse_ops" / "procedural.py"
+    source = broken / "comboverse_ops" / "synthetic" / "procedural.py"
     text = source.read_text()
-    assert "from .render import render_scene" in text
-    source.write_text(text.replace("from .render import", "from comboverse_ops.render import"))
+    assert "from ..render import render_scene" in text
+    source.write_text(text.replace("from ..render import", "from comboverse_ops.render import"))
     layout_only = broken / "workflows" / "api" / "layout_only.json"
     [(result, _)] = run_as_installed(tmp_path, [[layout_only]], model_files, env, broken, timeout=1200)
     assert result.returncode != 0

@@ -40,7 +40,7 @@ def _explicit(attn, x, ctx, w, renormalize=False):
 def test_factor_one_reproduces_the_stock_processors(stock):
     import diffusers.models.attention_processor as ap
 
-    from comboverse_ops.attention import SpatialTokenAttnProcessor, TokenWeights
+    from comboverse_ops.guidance.attention import SpatialTokenAttnProcessor, TokenWeights
 
     attn, x, ctx = _attn()
     with torch.no_grad():
@@ -56,7 +56,7 @@ def test_factor_one_reproduces_the_stock_processors(stock):
 
 @pytest.mark.parametrize("renormalize", [False, True])
 def test_factor_25_equals_the_explicit_prompt_to_prompt_computation(renormalize):
-    from comboverse_ops.attention import SpatialTokenAttnProcessor, TokenWeights
+    from comboverse_ops.guidance.attention import SpatialTokenAttnProcessor, TokenWeights
 
     attn, x, ctx = _attn(3)
     w = torch.ones(3, 77)
@@ -80,7 +80,7 @@ def test_installing_on_a_unet_changes_only_matching_cross_attention_layers(tmp_p
     from diffusers import UNet2DConditionModel
     from tiny_models import tiny_sd_configs
 
-    from comboverse_ops.attention import (
+    from comboverse_ops.guidance.attention import (
         SpatialTokenAttnProcessor,
         TokenWeights,
         install_spatial_attention,

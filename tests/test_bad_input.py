@@ -30,7 +30,7 @@ def _save(arr_or_image, path: Path, **kw) -> Path:
 
 
 def test_16_bit_greyscale_png_keeps_its_levels_instead_of_turning_white(tmp_path):
-    from comboverse_ops.images import load_image_hwc
+    from comboverse_ops.types.images import load_image_hwc
 
     ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (32, 1))
     path = _save(ramp, tmp_path / "deep.png")
@@ -42,7 +42,7 @@ def test_16_bit_greyscale_png_keeps_its_levels_instead_of_turning_white(tmp_path
 
 
 def test_paletted_greyscale_cmyk_and_rgba_pictures_load_as_rgb_or_rgba(tmp_path):
-    from comboverse_ops.images import load_image_hwc
+    from comboverse_ops.types.images import load_image_hwc
 
     rgb = np.zeros((20, 24, 3), np.uint8)
     rgb[:, :12] = (200, 30, 10)
@@ -67,7 +67,7 @@ def test_paletted_greyscale_cmyk_and_rgba_pictures_load_as_rgb_or_rgba(tmp_path)
 
 
 def test_exif_rotated_picture_comes_out_upright(tmp_path):
-    from comboverse_ops.images import load_image_hwc
+    from comboverse_ops.types.images import load_image_hwc
 
     stored = np.zeros((20, 40, 3), np.uint8)
     stored[:, :20] = 255  # white left half as stored
@@ -80,7 +80,7 @@ def test_exif_rotated_picture_comes_out_upright(tmp_path):
 
 
 def test_tiny_nan_and_truncated_pictures_are_refused_by_name(tmp_path, pack):
-    from comboverse_ops.images import load_image_hwc
+    from comboverse_ops.types.images import load_image_hwc
 
     with pytest.raises(ValueError, match=r"is 1x1 pixels; expected at least 16 pixels on each side"):
         load_image_hwc(_save(np.zeros((1, 1, 3), np.uint8), tmp_path / "dot.png"))
@@ -114,7 +114,7 @@ def test_tiny_nan_and_truncated_pictures_are_refused_by_name(tmp_path, pack):
     ('[{"x": 1, "y": null, "width": 5, "height": 5}]', r"box 0 .*: y must be a number, got None"),
 ])
 def test_boxes_that_are_not_numbers_name_the_box(text, message):
-    from comboverse_ops.layout import parse_boxes
+    from comboverse_ops.types.layout import parse_boxes
 
     with pytest.raises(ValueError, match=message):
         parse_boxes(text, (64, 64), what="--boxes")
@@ -141,7 +141,7 @@ def test_random_empty_or_pointer_pth_says_not_a_valid_checkpoint(tmp_path, conte
 
 
 def test_truncated_triposr_ckpt_and_depth_safetensors_name_the_path(tmp_path):
-    from comboverse_ops.depth import check_depth_folder
+    from comboverse_ops.decompose.depth import check_depth_folder
     from comboverse_ops.lift3d.checkpoint import load_triposr
 
     ckpt = save_tiny_triposr(tmp_path / "triposr")
@@ -159,7 +159,7 @@ def test_truncated_triposr_ckpt_and_depth_safetensors_name_the_path(tmp_path):
 @pytest.fixture(scope="module")
 def cli_setup(tmp_path_factory):
     """A models folder with tiny SAM and TripoSR, a 96 px picture and its boxes."""
-    from comboverse_ops.atomic import save_png_atomic
+    from comboverse_ops.meshio.atomic import save_png_atomic
 
     root = tmp_path_factory.mktemp("bad_input")
     models = root / "models"
@@ -171,7 +171,7 @@ def cli_setup(tmp_path_factory):
 
 
 def _run_cli(args, capsys) -> tuple[int, str, str]:
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     capsys.readouterr()  # what building the models printed
     code = main(["run", "--device", "cpu", "--no-inpaint", *args])
@@ -228,7 +228,7 @@ def test_cli_names_bad_input_in_one_line_before_any_model_runs(cli_setup, tmp_pa
 
 
 def test_cli_finds_a_missing_clip_tokenizer_before_segment_runs(cli_setup, tmp_path, capsys, monkeypatch):
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     from comboverse_ops.models import clip_vocab
 
@@ -243,7 +243,7 @@ def test_cli_finds_a_missing_clip_tokenizer_before_segment_runs(cli_setup, tmp_p
 
 
 def test_debug_shows_the_traceback_instead(cli_setup, tmp_path):
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     with pytest.raises(ValueError, match="x0 must be a number"):
         main(["run", str(cli_setup["image"]), "--boxes", '[["a", 1, 2, 3]]', "--out", str(tmp_path / "s.glb"),
@@ -251,7 +251,7 @@ def test_debug_shows_the_traceback_instead(cli_setup, tmp_path):
 
 
 def test_argparse_errors_are_one_line_with_status_2(capsys):
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["run"])
@@ -261,7 +261,7 @@ def test_argparse_errors_are_one_line_with_status_2(capsys):
 
 
 def test_run_without_boxes_or_a_detector_is_one_line_with_status_2(capsys):
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     assert main(["run", "picture.png"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -269,7 +269,7 @@ def test_run_without_boxes_or_a_detector_is_one_line_with_status_2(capsys):
 
 
 def test_run_help_shows_the_defaults_of_numeric_flags(capsys):
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     with pytest.raises(SystemExit):
         main(["run", "--help"])
@@ -285,9 +285,9 @@ def test_run_help_shows_the_defaults_of_numeric_flags(capsys):
 
 
 def test_empty_mesh_into_init_pose_is_named(pack):
-    from comboverse_ops.layout import Layout
-    from comboverse_ops.mesh import Mesh
-    from comboverse_ops.primitives import make_primitive
+    from comboverse_ops.types.layout import Layout
+    from comboverse_ops.types.mesh import Mesh
+    from comboverse_ops.synthetic.primitives import make_primitive
 
     meshes = [make_primitive("sphere", (1, 0, 0), target_faces=100),
               Mesh(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.long), name="nothing")]
@@ -299,9 +299,9 @@ def test_empty_mesh_into_init_pose_is_named(pack):
 
 def test_bad_obj_and_truncated_glb_name_the_file(tmp_path):
     from comboverse_ops import Pose, Scene, SceneObject
-    from comboverse_ops.export import write_glb
-    from comboverse_ops.meshes_in import mesh_from_file
-    from comboverse_ops.primitives import make_primitive
+    from comboverse_ops.meshio.glb import write_glb
+    from comboverse_ops.meshio.meshes_in import mesh_from_file
+    from comboverse_ops.synthetic.primitives import make_primitive
 
     obj = tmp_path / "bad.obj"
     obj.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 5\n")

@@ -32,7 +32,7 @@ def _summary(out: Path) -> list[dict]:
 
 
 def test_manifest_lines_are_checked_one_by_one_and_duplicate_ids_stop_the_run(tmp_path):
-    from comboverse_ops.batch import ManifestError, read_manifest
+    from comboverse_ops.app.batch import ManifestError, read_manifest
 
     m = tmp_path / "m.jsonl"
     m.write_text("\n".join([
@@ -55,7 +55,7 @@ def test_manifest_lines_are_checked_one_by_one_and_duplicate_ids_stop_the_run(tm
     assert '"id": expected text' in entries[5].error
     assert entries[6].error is None
     # A scene with phrases only needs the run's detector: said before Ray or any model starts.
-    from comboverse_ops.batch import run_batch
+    from comboverse_ops.app.batch import run_batch
 
     with pytest.raises(ManifestError, match=r"\['f'\] give \"phrases\" but no \"boxes\"; pass --detect DIR"):
         run_batch(m, tmp_path / "out")
@@ -69,8 +69,8 @@ def test_manifest_lines_are_checked_one_by_one_and_duplicate_ids_stop_the_run(tm
 def test_scene_hash_follows_the_line_and_the_settings_but_not_the_device(tmp_path):
     from dataclasses import replace
 
-    from comboverse_ops.batch import read_manifest, scene_hash
-    from comboverse_ops.pipeline import PipelineSettings
+    from comboverse_ops.app.batch import read_manifest, scene_hash
+    from comboverse_ops.app.pipeline import PipelineSettings
 
     m = tmp_path / "m.jsonl"
     m.write_text(json.dumps({"image": "p.png", "boxes": [[0, 0, 5, 5]], "settings": {"seed": 1}}) + "\n")
@@ -84,8 +84,8 @@ def test_scene_hash_follows_the_line_and_the_settings_but_not_the_device(tmp_pat
 
 
 def test_a_scene_folder_is_committed_whole_and_replaces_a_stale_one(tmp_path):
-    from comboverse_ops.batch import OutputFolder
-    from comboverse_ops.batch.commit import BatchLocked as Locked
+    from comboverse_ops.app.batch import OutputFolder
+    from comboverse_ops.app.batch.commit import BatchLocked as Locked
 
     with OutputFolder(tmp_path / "out") as out:
         out.commit("s1", {"scene.glb": b"old"}, {"hash": "h1"})
@@ -101,7 +101,7 @@ def test_a_scene_folder_is_committed_whole_and_replaces_a_stale_one(tmp_path):
 
 
 def test_the_procedural_manifest_is_kept_when_asked_again_and_a_user_manifest_is_never_overwritten(tmp_path):
-    from comboverse_ops.batch import ManifestError, read_manifest, write_procedural_manifest
+    from comboverse_ops.app.batch import ManifestError, read_manifest, write_procedural_manifest
 
     m = write_procedural_manifest(tmp_path / "m.jsonl", 2, objects=2, image_size=48, log=lambda *a: None)
     lines = [e.line for e in read_manifest(m)]
@@ -124,7 +124,7 @@ def ray_session():
     pytest.importorskip("ray")
     import ray
 
-    from comboverse_ops.batch import BatchSettings, start_ray
+    from comboverse_ops.app.batch import BatchSettings, start_ray
 
     started = start_ray(BatchSettings(num_cpus=2, num_gpus=0))
     yield ray
@@ -135,7 +135,7 @@ def ray_session():
 @pytest.fixture(scope="module")
 def four(ray_session, tmp_path_factory):
     """4 procedural scenes run once (shared by the tests that look at that run)."""
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     root = tmp_path_factory.mktemp("batch4")
     code = main(["batch", str(root / "m.jsonl"), "--out", str(root / "out"), "--procedural", "4", "--stand-ins"]
@@ -166,7 +166,7 @@ def test_four_scenes_give_four_glbs_and_a_summary_with_pose_errors(four):
 
 
 def test_a_rerun_with_the_same_manifest_skips_every_finished_scene(four):
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     root, _ = four
     out = root / "out"
@@ -179,8 +179,8 @@ def test_a_rerun_with_the_same_manifest_skips_every_finished_scene(four):
 
 
 def test_a_worker_killed_mid_scene_loses_nothing_and_writes_each_scene_once(ray_session, tmp_path):
-    from comboverse_ops.batch import BatchSettings, run_batch, write_procedural_manifest
-    from comboverse_ops.pipeline import PipelineSettings
+    from comboverse_ops.app.batch import BatchSettings, run_batch, write_procedural_manifest
+    from comboverse_ops.app.pipeline import PipelineSettings
 
     m = write_procedural_manifest(tmp_path / "m.jsonl", 4, objects=2, image_size=64, log=lambda *a: None)
     killed = []
@@ -206,8 +206,8 @@ def test_a_worker_killed_mid_scene_loses_nothing_and_writes_each_scene_once(ray_
 
 
 def test_the_real_pipeline_runs_in_the_workers_with_tiny_models_and_a_bad_scene_fails_alone(ray_session, tmp_path):
-    from comboverse_ops.batch import write_procedural_manifest
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.batch import write_procedural_manifest
+    from comboverse_ops.app.cli import main
     from tiny_models import save_tiny_owlv2, save_tiny_sam, save_tiny_triposr
 
     models = tmp_path / "models"
@@ -249,8 +249,8 @@ def test_the_real_pipeline_runs_in_the_workers_with_tiny_models_and_a_bad_scene_
 
 
 def test_a_bad_scene_is_reported_and_the_others_finish_with_stand_ins(ray_session, tmp_path):
-    from comboverse_ops.batch import write_procedural_manifest
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.batch import write_procedural_manifest
+    from comboverse_ops.app.cli import main
 
     m = write_procedural_manifest(tmp_path / "m.jsonl", 2, objects=2, image_size=64, log=lambda *a: None)
     lines = m.read_text().splitlines()
@@ -272,7 +272,7 @@ def _oom_once(marker: str) -> None:
     """Worker setup: the first scene of seed 1 anywhere raises CUDA's out-of-memory error."""
     import torch
 
-    import comboverse_ops.cli as cli
+    import comboverse_ops.app.cli as cli
 
     run_demo = cli.run_demo
 
@@ -289,8 +289,8 @@ def test_a_scene_out_of_device_memory_is_retried_on_another_worker(ray_session, 
     import sys
     from functools import partial
 
-    from comboverse_ops.batch import BatchSettings, run_batch, write_procedural_manifest
-    from comboverse_ops.pipeline import PipelineSettings
+    from comboverse_ops.app.batch import BatchSettings, run_batch, write_procedural_manifest
+    from comboverse_ops.app.pipeline import PipelineSettings
 
     ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     m = write_procedural_manifest(tmp_path / "m.jsonl", 2, objects=2, image_size=48, log=lambda *a: None)

@@ -37,7 +37,7 @@ CHROMIUM = shutil.which("chromium")
 def example(server) -> dict:
     """The two-object picture these tests (and tools/box_editor_check.mjs) load as input/example.png,
     with its true boxes and phrases."""
-    from comboverse_ops.atomic import save_png_atomic
+    from comboverse_ops.meshio.atomic import save_png_atomic
     from tiny_models import occluded_pair
 
     proc, obs = occluded_pair()

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from comboverse_ops.camera import (Cameras, box_corners, look_at, orbit_camera, perspective, project_boxes,
+from comboverse_ops.types.camera import (Cameras, box_corners, look_at, orbit_camera, perspective, project_boxes,
                                    project_points, unproject_pixel)
-from comboverse_ops.pose import Pose, matrix_to_quat_xyzw, matrix_to_rotvec, rotation_angle_deg, rotvec_to_matrix
+from comboverse_ops.types.pose import Pose, matrix_to_quat_xyzw, matrix_to_rotvec, rotation_angle_deg, rotvec_to_matrix
 
 
 def test_orbit_camera_follows_kiui_angles():
@@ -102,7 +102,7 @@ def test_pose_applies_scale_then_rotation_then_translation():
 
 def test_rotation_vectors_give_the_matrix_exponential_with_float32_gradients_near_zero():
     """The closed form (no GPU read-back) equals exp([r]_x) from 0 to pi, value and gradient."""
-    from comboverse_ops.pose import _skew, rotvec_to_matrix
+    from comboverse_ops.types.pose import _skew, rotvec_to_matrix
 
     g = torch.Generator().manual_seed(0)
     for scale in (0.0, 1e-7, 1e-3, 0.3, 1.0, 3.0):

@@ -1,7 +1,7 @@
 import json
 
-from comboverse_ops.cli import main
-from comboverse_ops.export import load_mesh_file
+from comboverse_ops.app.cli import main
+from comboverse_ops.meshio.meshes_in import load_mesh_file
 from test_export import glb_json
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from comboverse_ops.models.clip_vocab import clip_vocab_and_merges, packaged_bpe_file, packaged_clip_tokenizer_dir
-from comboverse_ops.models.sd import load_clip_tokenizer
+from comboverse_ops.models.sd_text import load_clip_tokenizer
 
 BPE = packaged_bpe_file()
 pytestmark = pytest.mark.skipif(BPE is None, reason="open_clip_torch (the extra comboverse[clip-vocab]) is not "

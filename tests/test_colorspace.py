@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from comboverse_ops.colorspace import linear_to_srgb, srgb_to_linear
-from comboverse_ops.mesh import Mesh
-from comboverse_ops.pose import Pose
-from comboverse_ops.primitives import make_primitive
-from comboverse_ops.scene import Scene, SceneObject
+from comboverse_ops.types.colorspace import linear_to_srgb, srgb_to_linear
+from comboverse_ops.types.mesh import Mesh
+from comboverse_ops.types.pose import Pose
+from comboverse_ops.synthetic.primitives import make_primitive
+from comboverse_ops.types.scene import Scene, SceneObject
 
 # Display colours of the test objects; 0.02 and 0.03 sit below the sRGB curve's linear knee (0.04045).
 ORANGE = (0.8, 0.4, 0.1)

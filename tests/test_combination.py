@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from comboverse_ops import Pose, Scene, SceneObject
-from comboverse_ops.init_pose import InitSettings, depth_from_image, init_poses
-from comboverse_ops.layout import Layout, parse_boxes
-from comboverse_ops.metrics import pose_errors
-from comboverse_ops.physics import interpenetration_volume, penetration_loss, support_loss
-from comboverse_ops.primitives import make_primitive
-from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
-from comboverse_ops.refine import LossWeights, RefineSettings, RefineTargets, refine_poses
+from comboverse_ops.compose.init_pose import InitSettings, depth_from_image, init_poses
+from comboverse_ops.types.layout import Layout, parse_boxes
+from comboverse_ops.synthetic.metrics import pose_errors
+from comboverse_ops.compose.physics import interpenetration_volume, penetration_loss, support_loss
+from comboverse_ops.synthetic.primitives import make_primitive
+from comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene
+from comboverse_ops.compose.refine import LossWeights, RefineSettings, RefineTargets, refine_poses
 
 SIZE = 96
 

@@ -17,10 +17,10 @@ def _code(path: Path) -> str:
 
 
 @pytest.mark.parametrize("pattern, where", [
-    (r"\b50_?000\b", "comboverse_ops/lift3d/decimate.py"),  # faces per object (paper)
+    (r"\b50_?000\b", "comboverse_ops/meshio/decimate.py"),  # faces per object (paper)
     (r"(?i)foreground\w*[^\n]*\b0\.85\b", "comboverse_ops/lift3d/preprocess.py"),  # TripoSR's foreground ratio
-    (r"\(0\.8,\s*0\.9\)", "comboverse_ops/ssds.py"),  # the SSDS noise band (paper)
-    (r"reweight(?:_factor)?\s*(?::[^=\n]*)?=\s*25(?:\.0)?\b", "comboverse_ops/ssds.py"),  # c = 25 (paper)
+    (r"\(0\.8,\s*0\.9\)", "comboverse_ops/guidance/ssds.py"),  # the SSDS noise band (paper)
+    (r"reweight(?:_factor)?\s*(?::[^=\n]*)?=\s*25(?:\.0)?\b", "comboverse_ops/guidance/ssds.py"),  # c = 25 (paper)
 ])
 def test_a_default_is_written_once(pattern, where):
     hits = [(p.relative_to(ROOT).as_posix(), n + 1) for p in SOURCES
@@ -29,10 +29,10 @@ def test_a_default_is_written_once(pattern, where):
 
 
 def test_the_nodes_show_the_settings_defaults(pack):
-    from comboverse_ops.crops import RecenterSettings
+    from comboverse_ops.decompose.crops import RecenterSettings
     from comboverse_ops.lift3d.reconstruct import Lift3DSettings
-    from comboverse_ops.pipeline import PipelineSettings
-    from comboverse_ops.ssds import SSDSSettings
+    from comboverse_ops.app.pipeline import PipelineSettings
+    from comboverse_ops.guidance.ssds import SSDSSettings
     from tiny_models import node_class
 
     def default(module, name, widget):

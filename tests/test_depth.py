@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from comboverse_ops.depth import (
+from comboverse_ops.decompose.depth import (
     DepthPreprocess,
     estimate_disparity,
     load_depth_model,
@@ -117,15 +117,15 @@ def test_nodes(pack, models_dir, monkeypatch):
 
 def test_disparity_feeds_init_pose(pack, models_dir):
     """The node's output is InitPose's disparity map: the object that is brighter on it starts nearer."""
-    from comboverse_ops.camera import project_points
-    from comboverse_ops.init_pose import (
+    from comboverse_ops.types.camera import project_points
+    from comboverse_ops.compose.init_pose import (
         InitSettings,
         depth_from_image,
         init_poses,
         reference_camera,
     )
-    from comboverse_ops.layout import Layout
-    from comboverse_ops.primitives import box
+    from comboverse_ops.types.layout import Layout
+    from comboverse_ops.synthetic.primitives import box
 
     nodes = importlib.import_module(pack.__name__ + ".nodes.depth")
     model = load_depth_model(models_dir / "depth_anything" / "tiny", cache=None)

@@ -11,8 +11,8 @@ import json
 import pytest
 import torch
 
-from comboverse_ops.detect import DetectSettings, detect_phrases, load_detector
-from comboverse_ops.layout import parse_box_input
+from comboverse_ops.decompose.detect import DetectSettings, detect_phrases, load_detector
+from comboverse_ops.types.layout import parse_box_input
 from comboverse_ops.models.cache import ModelCache
 from test_export import glb_json
 from tiny_models import node_class, occluded_pair, save_tiny_depth_anything, save_tiny_owlv2, save_tiny_sam, \
@@ -123,8 +123,8 @@ def test_detect_node_boxes_carry_their_phrases_through_segment(pack, models, mon
 
 
 def test_cli_run_with_phrases_and_a_detector_writes_one_node_per_phrase(models, tmp_path):
-    from comboverse_ops.atomic import save_png_atomic
-    from comboverse_ops.cli import main
+    from comboverse_ops.meshio.atomic import save_png_atomic
+    from comboverse_ops.app.cli import main
 
     save_tiny_sam(tmp_path / "models" / "sams" / "sam_tiny.pth")
     save_tiny_triposr(tmp_path / "models" / "triposr")
@@ -147,7 +147,7 @@ def test_cli_run_with_phrases_and_a_detector_writes_one_node_per_phrase(models, 
 
 
 def test_cli_run_without_boxes_or_detector_says_what_to_give(tmp_path):
-    from comboverse_ops.pipeline import PipelineSettings, run_pipeline
+    from comboverse_ops.app.pipeline import PipelineSettings, run_pipeline
 
     save_tiny_sam(tmp_path / "models" / "sams" / "sam_tiny.pth")
     save_tiny_triposr(tmp_path / "models" / "triposr")

@@ -20,7 +20,7 @@ def _demo_in_subprocess(out, threads: int) -> tuple[str, dict]:
         import sys, torch
         sys.path.insert(0, {str(ROOT)!r})
         torch.set_num_threads({threads})
-        from comboverse_ops.cli import run_demo
+        from comboverse_ops.app.cli import run_demo
         run_demo({str(out)!r}, seed=3, size=128, objects=3, steps=6, log=lambda *a: None)
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -46,7 +46,7 @@ def test_same_seed_gives_the_same_glb_and_report_with_1_and_2_threads(tmp_path):
 @pytest.fixture(scope="module")
 def networks(tmp_path_factory):
     """Every network `comboverse run` uses, tiny, in the real file formats, and a picture."""
-    from comboverse_ops.atomic import save_png_atomic
+    from comboverse_ops.meshio.atomic import save_png_atomic
     from tiny_models import (occluded_pair, save_tiny_depth_anything, save_tiny_sam, save_tiny_sd,
                              save_tiny_triposr)
 
@@ -74,7 +74,7 @@ def _run_in_subprocess(argv: list[str], out, threads: int) -> tuple[bytes, dict]
         import sys, torch
         sys.path.insert(0, {str(ROOT)!r})
         torch.set_num_threads({threads})
-        from comboverse_ops.cli import main
+        from comboverse_ops.app.cli import main
         sys.exit(main({argv + ["--out", str(out)]!r}))
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR")}
@@ -143,8 +143,8 @@ def test_serial_bilinear_runs_only_plain_bilinear_resizes_in_one_thread(monkeypa
 
 
 def test_render_gradients_are_bit_identical_with_1_and_2_threads():
-    from comboverse_ops.camera import Cameras
-    from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
+    from comboverse_ops.types.camera import Cameras
+    from comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene
     from comboverse_ops.render import render_scene
 
     truth = make_procedural_scene(0, ProceduralSettings(min_objects=3, max_objects=3, image_size=128))
@@ -191,7 +191,7 @@ def _kill_during_commit(files: dict, after_renames: int) -> int:
     code = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from comboverse_ops import atomic
+        from comboverse_ops.meshio import atomic
         done, real = [0], os.replace
         def replace(a, b):
             if done[0] == {after_renames}:
@@ -206,7 +206,7 @@ def _kill_during_commit(files: dict, after_renames: int) -> int:
 
 @pytest.mark.parametrize("after_renames", [0, 1, 2])
 def test_a_killed_commit_never_leaves_a_new_glb_beside_an_old_report(tmp_path, after_renames):
-    from comboverse_ops.atomic import write_files_atomic
+    from comboverse_ops.meshio.atomic import write_files_atomic
 
     glb, png, report = tmp_path / "scene.glb", tmp_path / "scene_reference.png", tmp_path / "scene_report.json"
     write_files_atomic({glb: b"old glb", png: b"old png", report: b"old report"})
@@ -223,7 +223,7 @@ def test_a_killed_commit_never_leaves_a_new_glb_beside_an_old_report(tmp_path, a
 
 
 def test_a_cancel_while_writing_leaves_the_old_outputs_untouched(tmp_path, monkeypatch):
-    from comboverse_ops import atomic
+    from comboverse_ops.meshio import atomic
 
     glb, report = tmp_path / "scene.glb", tmp_path / "scene_report.json"
     atomic.write_files_atomic({glb: b"old glb", report: b"old report"})

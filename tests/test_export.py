@@ -1,4 +1,4 @@
-"""GLB export, mesh-file loading and ComfyUI MESH arrays (comboverse_ops.export)."""
+"""GLB export (comboverse_ops.meshio.glb), mesh-file loading (meshio.meshes_in) and ComfyUI MESH arrays (meshio.core_mesh)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import pytest
 import torch
 import trimesh
 
-from comboverse_ops import export
-from comboverse_ops.export import (load_mesh_file, meshes_from_mesh_arrays, scene_to_glb_bytes,
-                                   scene_to_mesh_arrays, write_glb)
-from comboverse_ops.mesh import Mesh
-from comboverse_ops.pose import Pose
-from comboverse_ops.scene import Scene, SceneObject
+from comboverse_ops.meshio import glb
+from comboverse_ops.meshio.core_mesh import meshes_from_mesh_arrays, scene_to_mesh_arrays
+from comboverse_ops.meshio.glb import scene_to_glb_bytes, write_glb
+from comboverse_ops.meshio.meshes_in import load_mesh_file
+from comboverse_ops.types.mesh import Mesh
+from comboverse_ops.types.pose import Pose
+from comboverse_ops.types.scene import Scene, SceneObject
 
 TESTS = Path(__file__).parent
 VALIDATOR_SCRIPT = TESTS / "gltf_validate.mjs"
@@ -30,7 +31,7 @@ INSTALL_HINT = "npm install --no-save --prefix tests/.node gltf-validator"
 BOX_VERTICES = torch.tensor([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
 BOX_FACES = torch.tensor([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
                           [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
-# Quadrant colours of the test texture (stored top row first, see comboverse_ops.mesh).
+# Quadrant colours of the test texture (stored top row first, see comboverse_ops.types.mesh).
 TOP_LEFT, TOP_RIGHT, BOTTOM_LEFT, BOTTOM_RIGHT = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0), (1.0, 1.0, 0.0)
 
 
@@ -203,7 +204,7 @@ def test_interrupted_write_removes_its_temp_file(tmp_path, monkeypatch):
 
     def refuse(src, dst):
         raise OSError("disk full")
-    monkeypatch.setattr(export.os, "replace", refuse)
+    monkeypatch.setattr(glb.os, "replace", refuse)
     with pytest.raises(OSError, match="disk full"):
         write_glb(make_scene("mixed"), path)
     assert path.read_bytes() == before

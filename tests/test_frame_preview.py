@@ -6,8 +6,8 @@ import types
 
 import torch
 
-from comboverse_ops.frame_preview import frame_preview
-from comboverse_ops.primitives import cone
+from comboverse_ops.meshio.frame_preview import frame_preview
+from comboverse_ops.synthetic.primitives import cone
 from tiny_models import node_class
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from comboverse_ops import __version__
-from comboverse_ops.export import scene_to_glb_bytes, write_glb
-from comboverse_ops.layout import Layout, layout_meta
+from comboverse_ops.meshio.glb import scene_to_glb_bytes, write_glb
+from comboverse_ops.types.layout import Layout, layout_meta
 from conftest import ROOT
 from test_export import assert_no_issues, glb_json, make_scene, validate_glb
 

@@ -24,7 +24,7 @@ def model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def occlusion():
     """A red square partly behind a blue one, on white: the red one is occluded, the blue one is not."""
-    from comboverse_ops.layout import Layout
+    from comboverse_ops.types.layout import Layout
 
     h = w = 80
     image = torch.ones(h, w, 3)
@@ -43,7 +43,7 @@ SETTINGS = dict(resolution=64, steps=4)
 
 
 def test_noise_outside_the_object_and_an_inpaint_mask_of_box_and_not_object(occlusion):
-    from comboverse_ops.inpaint import InpaintSettings, box_raster, prepare_inpaint_windows
+    from comboverse_ops.decompose.inpaint import InpaintSettings, box_raster, prepare_inpaint_windows
 
     image, layout, _ = occlusion
     w = prepare_inpaint_windows(image, layout, InpaintSettings(**SETTINGS))
@@ -67,8 +67,8 @@ def test_noise_outside_the_object_and_an_inpaint_mask_of_box_and_not_object(occl
 
 
 def test_inpainting_changes_only_the_inpaint_mask_and_the_same_seed_gives_the_same_result(occlusion, model):
-    from comboverse_ops.inpaint import InpaintSettings, inpaint_objects
-    from comboverse_ops.segment import objects_from_masks
+    from comboverse_ops.decompose.inpaint import InpaintSettings, inpaint_objects
+    from comboverse_ops.decompose.segment import objects_from_masks
 
     image, layout, _ = occlusion
     settings = InpaintSettings(**SETTINGS, seed=7)
@@ -101,13 +101,13 @@ def test_inpainting_changes_only_the_inpaint_mask_and_the_same_seed_gives_the_sa
 def test_a_perfect_inpainter_gives_back_the_whole_object(pack, occlusion):
     # Prepare -> any inpainting -> Finish. Here the "inpainter" knows the truth: the hidden part of the red
     # square is red, the rest of the box is background. Finish must cut out the whole square.
-    from comboverse_ops.crops import crop_window_bchw
+    from comboverse_ops.decompose.crops import crop_window_bchw
 
     image, layout, amodal = occlusion
     images, inpaint_masks, object_masks, prompts = node_class(pack, "inpaint", "InpaintPrepare")().prepare(
         image=image[None], layout=layout, seed=0, resolution=64, prompt="a complete 3D model")
     assert prompts.splitlines() == ["a complete 3D model of a red box", "a complete 3D model of a blue box"]
-    from comboverse_ops.inpaint import InpaintSettings, prepare_inpaint_windows
+    from comboverse_ops.decompose.inpaint import InpaintSettings, prepare_inpaint_windows
 
     t = prepare_inpaint_windows(image, layout, InpaintSettings(resolution=64)).transforms[0]
     truth = crop_window_bchw(amodal[None, None].float(), t)[0, 0] > 0.5
@@ -128,9 +128,9 @@ def test_a_perfect_inpainter_gives_back_the_whole_object(pack, occlusion):
 def test_background_distance_recovers_a_round_object_from_a_painted_background():
     # A red disc partly behind a blue square; a perfect inpainter paints the hidden part red and the rest of the
     # box in a background colour. The re-segmented disc is the whole disc, not its box.
-    from comboverse_ops.crops import crop_window_bchw
-    from comboverse_ops.inpaint import InpaintSettings, finish_objects, prepare_inpaint_windows
-    from comboverse_ops.layout import Layout
+    from comboverse_ops.decompose.crops import crop_window_bchw
+    from comboverse_ops.decompose.inpaint import InpaintSettings, finish_objects, prepare_inpaint_windows
+    from comboverse_ops.types.layout import Layout
 
     h = w = 96
     ys, xs = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
@@ -170,8 +170,8 @@ def test_the_inpaint_node_with_sam_resegmentation(pack, occlusion, model, tmp_pa
 
 
 def test_bad_inputs_are_clear_errors(occlusion, model, tmp_path):
-    from comboverse_ops.inpaint import InpaintSettings, inpaint_objects, prepare_inpaint_windows
-    from comboverse_ops.layout import Layout
+    from comboverse_ops.decompose.inpaint import InpaintSettings, inpaint_objects, prepare_inpaint_windows
+    from comboverse_ops.types.layout import Layout
     from comboverse_ops.models.sd import load_sd_model
 
     image, layout, _ = occlusion
@@ -190,7 +190,7 @@ def test_bad_inputs_are_clear_errors(occlusion, model, tmp_path):
 
 
 def test_a_procedural_scene_through_segment_and_inpaint(pack, model):
-    from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
+    from comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene
 
     # Seed 5: four objects, one partly hidden under the object on top of it, two standing apart.
     proc = make_procedural_scene(5, ProceduralSettings(min_objects=3, max_objects=4, image_size=96))
@@ -213,8 +213,8 @@ def test_a_procedural_scene_through_segment_and_inpaint(pack, model):
 def test_no_hidden_object_is_left_out():
     # The occlusion test is conservative: when the outlines do not tell who is in front, both objects are
     # completed (as the paper completes every object); a hidden object is never passed through.
-    from comboverse_ops.inpaint import InpaintSettings, occluded_objects
-    from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
+    from comboverse_ops.decompose.inpaint import InpaintSettings, occluded_objects
+    from comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene
 
     passed_through = 0
     for seed in range(6):

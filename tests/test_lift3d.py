@@ -14,13 +14,13 @@ import torch
 
 from comboverse_ops.lift3d.checkpoint import build_triposr, load_triposr, read_state_dict
 from comboverse_ops.lift3d.config import load_triposr_config
-from comboverse_ops.lift3d.frames import frame_rotation
+from comboverse_ops.meshio.frames import frame_rotation
 from comboverse_ops.lift3d.preprocess import conditioning_images
 from comboverse_ops.lift3d.reconstruct import Lift3DSettings, reconstruct_objects
 from comboverse_ops.lift3d.surface import marching_cubes, sample_density_grid
-from comboverse_ops.lift3d.decimate import decimate
+from comboverse_ops.meshio.decimate import decimate
 from comboverse_ops.lift3d.triposr import TripoSR, resize_for_tokenizer
-from comboverse_ops.mesh import Mesh
+from comboverse_ops.types.mesh import Mesh
 
 DATA = Path(__file__).resolve().parent / "data"
 TINY = DATA / "triposr_tiny"

@@ -6,11 +6,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from comboverse_ops.colorspace import srgb_to_linear
-from comboverse_ops.lift3d.frames import frame_rotation
-from comboverse_ops.meshes_in import merge_meshes, mesh_from_file, meshes_from_core_mesh
-from comboverse_ops.mesh import Mesh
-from comboverse_ops.primitives import make_primitive
+from comboverse_ops.types.colorspace import srgb_to_linear
+from comboverse_ops.meshio.frames import frame_rotation
+from comboverse_ops.meshio.meshes_in import merge_meshes, mesh_from_file, meshes_from_core_mesh
+from comboverse_ops.types.mesh import Mesh
+from comboverse_ops.synthetic.primitives import make_primitive
 
 
 def _box(size=(2.0, 1.0, 0.5), center=(0.0, 0.0, 0.0)):

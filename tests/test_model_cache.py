@@ -68,6 +68,6 @@ def test_one_precision_policy_for_every_loader_and_the_cli():
         text = path.read_text()
         if path.name != "precision.py":
             assert "torch.float16 if" not in text, f"{path.name} decides a model's dtype itself; use model_dtype"
-    import comboverse_ops.pipeline as pipeline
+    import comboverse_ops.app.pipeline as pipeline
 
     assert inspect.getsource(pipeline).count('model_dtype("auto", device)') >= 3  # TripoSR, detector, depth

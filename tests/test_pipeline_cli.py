@@ -24,7 +24,7 @@ FAST = ["--inpaint-steps", "2", "--inpaint-resolution", "64", "--mc-resolution",
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A models folder as a user lays it out, a guidance model elsewhere, and a 96 px picture."""
-    from comboverse_ops.atomic import save_png_atomic
+    from comboverse_ops.meshio.atomic import save_png_atomic
 
     root = tmp_path_factory.mktemp("pipeline")
     models = root / "models"
@@ -57,7 +57,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_run_writes_glb_previews_and_report_with_every_stage(setup):
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     out = setup["root"] / "out" / "scene.glb"
     assert main(["run", str(setup["image"]), "--boxes", setup["boxes"], "--phrases", setup["phrases"],
@@ -86,7 +86,7 @@ def test_run_writes_glb_previews_and_report_with_every_stage(setup):
 
 
 def test_run_without_inpainting_or_guidance_needs_no_checkpoints_and_takes_depth(setup, tmp_path):
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     models = tmp_path / "models"
     shutil.copytree(setup["models"] / "sams", models / "sams")
@@ -107,7 +107,7 @@ def test_run_without_inpainting_or_guidance_needs_no_checkpoints_and_takes_depth
 @pytest.mark.parametrize("missing, folder", [("sams", "sams"), ("checkpoints", "checkpoints"),
                                              ("triposr", "triposr")])
 def test_a_missing_model_is_a_clear_error_naming_its_folder(setup, tmp_path, capsys, missing, folder):
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     models = tmp_path / "models"
     for sub in ("sams", "checkpoints", "triposr"):
@@ -125,7 +125,7 @@ def test_a_missing_model_is_a_clear_error_naming_its_folder(setup, tmp_path, cap
 
 
 def test_a_missing_file_given_by_flag_names_the_flag(setup, tmp_path):
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     with pytest.raises(FileNotFoundError, match="--lift3d .*nope.ckpt does not exist.*triposr"):
         main(["run", str(setup["image"]), "--boxes", setup["boxes"], "--models", str(setup["models"]),
@@ -156,8 +156,8 @@ def test_the_full_pipeline_workflow_run_node_by_node_gives_the_cli_poses(setup, 
     settings and models: the same poses as `comboverse run`."""
     import torch
 
-    from comboverse_ops.cli import main
-    from comboverse_ops.pipeline import load_image_hwc
+    from comboverse_ops.app.cli import main
+    from comboverse_ops.app.pipeline import load_image_hwc
     from conftest import ROOT, run_api_workflow
 
     # One models folder for both: the guidance checkpoint joins the others in checkpoints/.

@@ -8,11 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from comboverse_ops.camera import Cameras, box_corners, project_boxes, project_points
-from comboverse_ops.pose import Pose, rotvec_to_matrix
-from comboverse_ops.primitives import PRIMITIVE_KINDS, box, cylinder, make_primitive, sphere, torus
-from comboverse_ops.procedural import (
-    SCENE_RELATIONS,
+from comboverse_ops.types.camera import Cameras, box_corners, project_boxes, project_points
+from comboverse_ops.types.pose import Pose, rotvec_to_matrix
+from comboverse_ops.synthetic.primitives import PRIMITIVE_KINDS, box, cylinder, make_primitive, sphere, torus
+from comboverse_ops.synthetic.placement import SCENE_RELATIONS
+from comboverse_ops.synthetic.procedural import (
     ProceduralSettings,
     boxes_from_masks,
     make_procedural_scene,
@@ -20,7 +20,7 @@ from comboverse_ops.procedural import (
     observe,
     world_aabb,
 )
-from comboverse_ops.scene import Scene, SceneObject
+from comboverse_ops.types.scene import Scene, SceneObject
 from comboverse_ops.render import render_scene
 
 TOL = 1e-4
@@ -360,8 +360,8 @@ def test_a_yaw_changes_the_rendered_cylinder():
 def test_every_relation_the_pack_draws_or_judges_is_a_word_ssds_marks_in_a_prompt():
     # One vocabulary: the procedural scenes' relations and the spatial prior's (checker, benchmark,
     # training) are all among the phrases SSDS reweights when a prompt marks nothing.
-    from comboverse_ops.relations import RELATIONS
-    from comboverse_ops.spatial_tokens import RELATION_PHRASES, find_relation_phrases
+    from comboverse_ops.compose.relations import RELATIONS
+    from comboverse_ops.guidance.spatial_tokens import RELATION_PHRASES, find_relation_phrases
 
     for phrase in SCENE_RELATIONS + RELATIONS:
         assert phrase in RELATION_PHRASES

@@ -15,10 +15,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comboverse_ops.metrics import pose_errors, scene_extent
-from comboverse_ops.pose import Pose
-from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
-from comboverse_ops.refine import LossWeights, RefineSettings, RefineTargets, refine_poses
+from comboverse_ops.synthetic.metrics import pose_errors, scene_extent
+from comboverse_ops.types.pose import Pose
+from comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene
+from comboverse_ops.compose.refine import LossWeights, RefineSettings, RefineTargets, refine_poses
 from comboverse_ops.render import render_scene
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from comboverse_ops import Pose
-from comboverse_ops.camera import Cameras
-from comboverse_ops.primitives import make_primitive
-from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
-from comboverse_ops.relations import OPPOSITES, RELATIONS, relation_holds, relation_score
-from comboverse_ops.scene import Scene, SceneObject
+from comboverse_ops.types.camera import Cameras
+from comboverse_ops.synthetic.primitives import make_primitive
+from comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene
+from comboverse_ops.compose.relations import OPPOSITES, RELATIONS, relation_holds, relation_score
+from comboverse_ops.types.scene import Scene, SceneObject
 
 FAST = dict(faces_per_object=120, image_size=48)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from comboverse_ops import Cameras, Mesh, Pose, Scene, SceneObject
-from comboverse_ops.camera import look_at
-from comboverse_ops.pose import rotation_angle_deg
+from comboverse_ops.types.camera import look_at
+from comboverse_ops.types.pose import rotation_angle_deg
 from comboverse_ops.render import render_scene
 from comboverse_ops.render.common import flatten_scene, to_clip
 from comboverse_ops.render.torch_raster import rasterize_torch

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from comboverse_ops import Cameras, Pose, Scene, SceneObject
-from comboverse_ops.pose import rotation_angle_deg
-from comboverse_ops.primitives import make_primitive
+from comboverse_ops.types.pose import rotation_angle_deg
+from comboverse_ops.synthetic.primitives import make_primitive
 from comboverse_ops.render import render_scene
 from comboverse_ops.render.nvdiffrast_backend import nvdiffrast_available
 

@@ -100,7 +100,7 @@ def test_every_workflow_with_only_pack_nodes_runs_and_equals_the_node_classes_ru
         folders, pack, tmp_path, monkeypatch, capsys, one_thread):
     import trimesh
 
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     root, model_files, env = folders
     models, inputs = Path(env["COMBOVERSE_MODELS_DIR"]), Path(env["COMBOVERSE_INPUT_DIR"])
@@ -146,7 +146,7 @@ def test_core_nodes_it_cannot_run_are_named_before_anything_runs(folders, tmp_pa
                                           "node 10 (KSampler)", "node 11 (VAEDecode)"]),
                             (tmp_path / "save_glb.json", ["node 9 (SaveGLB)"])):
         out = tmp_path / "out"
-        run = subprocess.run([sys.executable, "-m", "comboverse_ops.cli", "run-workflow", str(workflow),
+        run = subprocess.run([sys.executable, "-m", "comboverse_ops.app.cli", "run-workflow", str(workflow),
                               "--models", env["COMBOVERSE_MODELS_DIR"], "--input", env["COMBOVERSE_INPUT_DIR"],
                               "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert run.returncode == 2, run.stderr[-3000:]
@@ -164,17 +164,17 @@ def test_a_core_only_install_says_where_the_node_classes_are(tmp_path):
 
     shutil.copytree(ROOT / "comboverse_ops", tmp_path / "site" / "comboverse_ops",
                     ignore=shutil.ignore_patterns("__pycache__", "assets"))
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from comboverse_ops.cli import main; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from comboverse_ops.app.cli import main; "
             "sys.exit(main(['run-workflow', sys.argv[2]]))")
     run = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path / "site"),
                           str(API_DIR / "layout_only.json")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr[-3000:]
-    assert "node classes" in run.stderr and "python -m comboverse_ops.cli run-workflow" in run.stderr \
+    assert "node classes" in run.stderr and "python -m comboverse_ops.app.cli run-workflow" in run.stderr \
         and "pip install -e" in run.stderr, run.stderr
 
 
 def test_a_graph_file_a_missing_model_and_a_missing_input_are_named_before_anything_runs(folders, tmp_path, capsys):
-    from comboverse_ops.cli import main
+    from comboverse_ops.app.cli import main
 
     root, model_files, env = folders
     folders_args = ["--models", env["COMBOVERSE_MODELS_DIR"], "--input", env["COMBOVERSE_INPUT_DIR"]]

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from comboverse_ops import Pose
-from comboverse_ops.metrics import chamfer_fscore, normalize_to_true, sample_surface, surface_metrics
-from comboverse_ops.primitives import make_primitive
-from comboverse_ops.scene import Scene, SceneObject
+from comboverse_ops.synthetic.metrics import chamfer_fscore, normalize_to_true, sample_surface, surface_metrics
+from comboverse_ops.synthetic.primitives import make_primitive
+from comboverse_ops.types.scene import Scene, SceneObject
 
 
 def _scene(offset=(0.0, 0.0, 0.0), scale=1.0):

@@ -49,7 +49,7 @@ def test_shipped_configs_describe_the_published_architectures():
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from comboverse_ops.models.sd import shipped_config_dir
+    from comboverse_ops.models.sd_checkpoint import shipped_config_dir
 
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # Published parameter counts: SD 1.5 UNet 859.52M, SD 2 UNet 865.91M (+ 5 x 320 x 9 for the inpainting input
@@ -209,7 +209,7 @@ def test_missing_files_config_mismatches_and_missing_tokenizers_are_clear(tmp_pa
 def test_a_tokenizer_json_alone_is_enough(tmp_path):
     from transformers import CLIPTokenizerFast
 
-    from comboverse_ops.models.sd import load_clip_tokenizer
+    from comboverse_ops.models.sd_text import load_clip_tokenizer
 
     write_tiny_tokenizer(tmp_path / "bpe")
     tok = load_clip_tokenizer([tmp_path / "bpe"], "sd1")

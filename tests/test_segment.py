@@ -18,7 +18,7 @@ def sam_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scene():
-    from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
+    from comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene
 
     # Seed 3 at 128 px: three objects, two of them partly hidden.
     proc = make_procedural_scene(3, ProceduralSettings(min_objects=3, max_objects=3, image_size=128))
@@ -73,7 +73,7 @@ def test_the_loader_node_loads_a_pth_once_and_refuses_other_files(pack, sam_path
 
 
 def test_negative_points_sit_at_the_other_boxes_centres_but_not_at_a_supporting_box():
-    from comboverse_ops.segment import SegmentSettings, object_prompts
+    from comboverse_ops.decompose.segment import SegmentSettings, object_prompts
 
     boxes = torch.tensor([[10.0, 10, 30, 30], [25, 5, 55, 35], [0, 0, 100, 100]])
     none = [torch.zeros(0, 2)] * 3
@@ -92,7 +92,7 @@ def test_negative_points_sit_at_the_other_boxes_centres_but_not_at_a_supporting_
 
 
 def test_points_go_to_the_smallest_box_that_holds_them():
-    from comboverse_ops.segment import assign_points
+    from comboverse_ops.decompose.segment import assign_points
 
     boxes = torch.tensor([[0.0, 0, 100, 100], [10, 10, 30, 30]])
     per = assign_points(torch.tensor([[20.0, 20], [80, 80]]), boxes)
@@ -113,7 +113,7 @@ class StubPredictor:
 
 
 def test_the_best_scoring_candidate_is_kept_then_cleaned_and_clipped_to_its_box():
-    from comboverse_ops.segment import SegmentSettings, sam_masks
+    from comboverse_ops.decompose.segment import SegmentSettings, sam_masks
 
     h = w = 40
     blob = np.zeros((h, w), bool)
@@ -138,7 +138,7 @@ def test_the_best_scoring_candidate_is_kept_then_cleaned_and_clipped_to_its_box(
 
 
 def test_clean_up_keeps_large_parts_and_real_holes():
-    from comboverse_ops.segment import SegmentSettings, clean_mask
+    from comboverse_ops.decompose.segment import SegmentSettings, clean_mask
 
     m = torch.zeros(60, 60, dtype=torch.bool)
     m[5:55, 5:25] = True
@@ -174,8 +174,8 @@ def test_segment_with_sam_gives_crops_masks_and_a_layout(pack, sam_path, scene):
 
 
 def test_true_masks_instead_of_sam_survive_the_round_trip_through_the_crops(pack, scene):
-    from comboverse_ops.crops import RecenterSettings, paste_mask
-    from comboverse_ops.segment import segment_image
+    from comboverse_ops.decompose.crops import RecenterSettings, paste_mask
+    from comboverse_ops.decompose.segment import segment_image
 
     proc, obs = scene
     seg = segment_image(obs.image, None, masks=obs.masks, phrases=list(proc.phrases),
@@ -204,7 +204,7 @@ def test_automatic_mode_takes_the_most_prominent_distinct_objects_left_to_right(
     import segment_anything
 
     from comboverse_ops.models.sam import load_sam
-    from comboverse_ops.segment import SegmentSettings, segment_image
+    from comboverse_ops.decompose.segment import SegmentSettings, segment_image
 
     h = w = 64
 

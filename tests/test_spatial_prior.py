@@ -50,7 +50,7 @@ def test_held_out_subjects_never_appear_in_training_draws():
 @pytest.mark.usefixtures("one_thread")
 def test_training_runs_resumes_and_exports_a_folder_the_guidance_loader_reads(tmp_path):
     from comboverse_ops.models.sd import load_sd_model
-    from comboverse_ops.ssds import SSDSGuidance, SSDSSettings
+    from comboverse_ops.guidance.ssds import SSDSGuidance, SSDSSettings
     from training.spatial_prior import train
 
     args = ["--state", str(tmp_path / "state"), "--tiny", "--device", "cpu", "--batch", "4", "--vae-batch", "4",
@@ -85,7 +85,7 @@ def test_shipped_prior_loads_and_draws_held_out_relations():
 def test_ssds_with_the_shipped_prior_fixes_the_demo_scenes_depth_order(tmp_path):
     import trimesh
 
-    from comboverse_ops.demo_ssds import run_ssds_demo
+    from comboverse_ops.app.demo_ssds import run_ssds_demo
 
     report = run_ssds_demo(tmp_path, log=lambda *_: None)
     ok = report["relation_satisfied"]

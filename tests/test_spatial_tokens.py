@@ -7,7 +7,7 @@ from tiny_models import write_tiny_tokenizer
 
 @pytest.fixture(scope="module", params=["sd1", "sd2"])
 def tokenizer(request, tmp_path_factory):
-    from comboverse_ops.models.sd import load_clip_tokenizer
+    from comboverse_ops.models.sd_text import load_clip_tokenizer
 
     folder = tmp_path_factory.mktemp("tok")
     write_tiny_tokenizer(folder)
@@ -23,7 +23,7 @@ def _positions_by_search(tok, text, phrase):
 
 
 def test_a_marked_multi_token_phrase_maps_to_its_exact_positions(tokenizer):
-    from comboverse_ops.spatial_tokens import parse_spatial_prompt
+    from comboverse_ops.guidance.spatial_tokens import parse_spatial_prompt
 
     sp = parse_spatial_prompt("a teddy bear (sitting on:25) a chair", tokenizer)
     assert sp.text == "a teddy bear sitting on a chair" and not sp.automatic
@@ -40,7 +40,7 @@ def test_a_marked_multi_token_phrase_maps_to_its_exact_positions(tokenizer):
 
 
 def test_unmarked_prompts_find_relation_words_longest_first(tokenizer):
-    from comboverse_ops.spatial_tokens import parse_spatial_prompt
+    from comboverse_ops.guidance.spatial_tokens import parse_spatial_prompt
 
     sp = parse_spatial_prompt("A cat in front of a dog, on the lawn", tokenizer, default_factor=7.0)
     assert sp.automatic and [p.text for p in sp.phrases] == ["in front of", "on"]
@@ -54,7 +54,7 @@ def test_unmarked_prompts_find_relation_words_longest_first(tokenizer):
 
 
 def test_marks_several_factors_escapes_and_errors(tokenizer):
-    from comboverse_ops.spatial_tokens import parse_spatial_prompt
+    from comboverse_ops.guidance.spatial_tokens import parse_spatial_prompt
 
     sp = parse_spatial_prompt(r"a (dog:2) \(big\) (riding) a horse", tokenizer, default_factor=25.0)
     assert [(p.text, p.factor) for p in sp.phrases] == [("dog", 2.0), ("riding", 25.0)]

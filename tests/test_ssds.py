@@ -8,16 +8,16 @@ from tiny_models import node_class, save_tiny_sd
 
 
 from comboverse_ops import Pose
-from comboverse_ops.init_pose import init_poses
-from comboverse_ops.layout import Layout
-from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
-from comboverse_ops.refine import (
+from comboverse_ops.compose.init_pose import init_poses
+from comboverse_ops.types.layout import Layout
+from comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene
+from comboverse_ops.compose.refine import (
     LossWeights,
     RefineSettings,
     RefineTargets,
     refine_poses,
 )
-from comboverse_ops.ssds import SSDSGuidance, SSDSSettings, sds_loss
+from comboverse_ops.guidance.ssds import SSDSGuidance, SSDSSettings, sds_loss
 
 import diffusers, transformers  # noqa: F401,E402  (declared dependencies: fail loudly, never skip)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from tiny_models import save_tiny_sd_folder
 
-from comboverse_ops.ambiguous import SETS, make_ambiguous_scene, set_scene
-from comboverse_ops.relations import RELATIONS
+from comboverse_ops.synthetic.ambiguous import SETS, make_ambiguous_scene, set_scene
+from comboverse_ops.compose.relations import RELATIONS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,7 +39,7 @@ def test_set_scenes_break_their_caption_only_where_the_reference_view_cannot_see
     vocab = json.loads((ROOT / "comboverse_ops" / "assets" / "spatial_prior" / "tokenizer" / "vocab.json").read_text())
     assert all(w + "</w>" in vocab or w in vocab for w in words), amb.caption
     # The start looks like the reference picture: every object's projected centre stays put.
-    from comboverse_ops.camera import project_points
+    from comboverse_ops.types.camera import project_points
     for t, s in zip(amb.truth.scene.objects, amb.start.objects):
         a = project_points(t.world_vertices().detach(), amb.truth.camera)[0][0].mean(0)
         b = project_points(s.world_vertices().detach(), amb.truth.camera)[0][0].mean(0)

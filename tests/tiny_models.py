@@ -404,7 +404,7 @@ def save_tiny_triposr(folder: Path, iso_level: float | None = None) -> Path:
 def occluded_pair(size: int = 96):
     """A procedural scene of two objects, each partly hidden by the other (so Inpaint really runs
     SD), and its observation: ``(scene, observation)``."""
-    from comboverse_ops.procedural import ProceduralSettings, make_procedural_scene
+    from comboverse_ops.synthetic.procedural import ProceduralSettings, make_procedural_scene
 
     proc = make_procedural_scene(1, ProceduralSettings(min_objects=2, max_objects=2, image_size=size))
     return proc, proc.observe()

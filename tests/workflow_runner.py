@@ -1,5 +1,5 @@
 """Running an API-format workflow through the node classes in tests: the product's runner
-(comboverse_ops/workflow.py, the code behind ``comboverse run-workflow``), with widget values
+(comboverse_ops/app/workflow.py, the code behind ``comboverse run-workflow``), with widget values
 overridden and core nodes stood in for.
 
 Plain functions with no import-time side effects (no ``sys.path`` edits): tests/conftest.py
@@ -14,13 +14,13 @@ import importlib
 
 
 def workflow_module(pack):
-    """The pack's own comboverse_ops.workflow (the pack as ComfyUI loaded it, not a checkout)."""
-    return importlib.import_module(pack.__name__ + ".comboverse_ops.workflow")
+    """The pack's own comboverse_ops.app.workflow (the pack as ComfyUI loaded it, not a checkout)."""
+    return importlib.import_module(pack.__name__ + ".comboverse_ops.app.workflow")
 
 
 def api_order(prompt: dict) -> list[str]:
     """The prompt's node ids in an order where every node comes after its inputs."""
-    from comboverse_ops.workflow import execution_order
+    from comboverse_ops.app.workflow import execution_order
 
     return execution_order(prompt)
 

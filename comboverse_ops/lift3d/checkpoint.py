@@ -67,7 +67,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         FileNotFoundError: no file at ``path``.
         ValueError: the file is not a plain tensor file (the message says what it found).
     """
-    from ..files import check_weights_file
+    from ..meshio.files import check_weights_file
 
     path = Path(path)
     if not path.is_file():
@@ -201,7 +201,7 @@ class LoadedTripoSR:
 def check_triposr_files(path: str | os.PathLike, config: str | os.PathLike | None = None) -> Path:
     """Raise what :func:`load_triposr` would for a missing, truncated or foreign weights file or a
     bad config, cheaply (the file's header and the YAML only); returns the config's path."""
-    from ..files import check_weights_file
+    from ..meshio.files import check_weights_file
 
     path = Path(path)
     if not path.is_file():

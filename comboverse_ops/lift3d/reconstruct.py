@@ -18,9 +18,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from ..mesh import Mesh
-from .decimate import MAX_FACES, decimate
-from .frames import TRIPOSR_FRONT, TRIPOSR_UP, to_canonical_frame
+from ..types.mesh import Mesh
+from ..meshio.decimate import MAX_FACES, decimate
+from ..meshio.frames import TRIPOSR_FRONT, TRIPOSR_UP, to_canonical_frame
 from .preprocess import FOREGROUND_RATIO, conditioning_images
 from .surface import marching_cubes, sample_density_grid
 

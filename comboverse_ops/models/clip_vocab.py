@@ -84,7 +84,7 @@ def clip_vocab_and_merges(bpe_gz: str | os.PathLike) -> tuple[dict[str, int], li
 
 def write_clip_tokenizer_files(folder: str | os.PathLike, bpe_gz: str | os.PathLike) -> Path:
     """Write ``vocab.json`` and ``merges.txt`` (transformers' CLIPTokenizer layout) into ``folder``."""
-    from ..atomic import write_bytes_atomic
+    from ..meshio.atomic import write_bytes_atomic
 
     vocab, merges = clip_vocab_and_merges(bpe_gz)
     folder = Path(folder)

@@ -240,7 +240,7 @@ def load_sam(path: str | os.PathLike, *, device="cpu", cache: ModelCache | None 
     device = torch.device(device)
 
     def load():
-        from .sd import read_checkpoint
+        from .sd_checkpoint import read_checkpoint
 
         state = read_checkpoint(path, what=f"SAM checkpoint {path.name}")
         if "model" in state and not any(k.startswith("image_encoder.") for k in state):

@@ -1,4 +1,4 @@
-"""Render a :class:`~comboverse_ops.scene.Scene` for a batch of cameras.
+"""Render a :class:`~comboverse_ops.types.scene.Scene` for a batch of cameras.
 
 One function, two backends with the same results (see ``tests/test_render_parity_gpu.py``):
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ..camera import Cameras
-from ..scene import Scene
+from ..types.camera import Cameras
+from ..types.scene import Scene
 from .common import RenderOutput, flatten_scene, to_clip
 from .nvdiffrast_backend import nvdiffrast_available, rasterize_nvdiffrast
 from .torch_raster import rasterize_torch

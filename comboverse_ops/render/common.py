@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..camera import Cameras
-from ..scene import Scene
+from ..types.camera import Cameras
+from ..types.scene import Scene
 
 __all__ = ["RenderOutput", "FlatScene", "flatten_scene", "face_neighbours", "to_clip", "shade"]
 

@@ -6,9 +6,9 @@
    captions (how often it reads a real picture right).
 2. **Samples**: pictures sampled for held-out captions (DDIM, classifier-free guidance), with the
    relation tokens' cross-attention at c = 1 and at c = 25 (the pack's
-   :mod:`comboverse_ops.attention` processor); the checker scores each relation.
+   :mod:`comboverse_ops.guidance.attention` processor); the checker scores each relation.
 3. **The SDS diagnostic**: pictures showing the *opposite* of their caption are noised to
-   t in [0.8, 0.9] T, and the pack's own :class:`comboverse_ops.ssds.SSDSGuidance` (unchanged
+   t in [0.8, 0.9] T, and the pack's own :class:`comboverse_ops.guidance.ssds.SSDSGuidance` (unchanged
    path: prompt parsing, token weights, attention processor, guidance scale) predicts the noise;
    the clean picture it implies, ``x0 = (z_t - sqrt(1 - a) eps_hat) / sqrt(a)``, is what SDS pulls
    the render towards. Scored: does it show the caption's relation (the layout flipped)?
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from comboverse_ops.attention import TokenWeights, install_spatial_attention, remove_spatial_attention
+from comboverse_ops.guidance.attention import TokenWeights, install_spatial_attention, remove_spatial_attention
 from comboverse_ops.models.sd import load_sd_model, make_scheduler
-from comboverse_ops.spatial_tokens import parse_spatial_prompt
-from comboverse_ops.ssds import SSDSGuidance, SSDSSettings
+from comboverse_ops.guidance.spatial_tokens import parse_spatial_prompt
+from comboverse_ops.guidance.ssds import SSDSGuidance, SSDSSettings
 
 from .checker import check_caption
 from .scenes import RELATIONS, SamplerSettings, SceneSampler

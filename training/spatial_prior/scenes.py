@@ -12,7 +12,7 @@ Rendering uses the pack's own rasterizers (:mod:`comboverse_ops.render`: nvdiffr
 the torch rasterizer elsewhere) on one instanced triangle set: every object slot holds one copy
 of each primitive kind, and the kinds a sample does not use are collapsed to a point (zero-area
 triangles cover no pixel). Colours are the primitives' baked canonical colours
-(:func:`comboverse_ops.primitives.canonical_colors`, the look of the pack's procedural scenes),
+(:func:`comboverse_ops.synthetic.primitives.canonical_colors`, the look of the pack's procedural scenes),
 tinted per sample. All randomness comes from one ``torch.Generator``: the same seed gives the
 same batch.
 """
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from comboverse_ops.camera import Cameras, orbit_camera
-from comboverse_ops.primitives import make_primitive
-from comboverse_ops.relations import RELATIONS  # the prior's relations: the ones the checker and benchmark judge
+from comboverse_ops.types.camera import Cameras, orbit_camera
+from comboverse_ops.synthetic.primitives import make_primitive
+from comboverse_ops.compose.relations import RELATIONS  # the prior's relations: the ones the checker and benchmark judge
 from comboverse_ops.render.common import FlatScene, face_neighbours
 from comboverse_ops.render.nvdiffrast_backend import nvdiffrast_available, rasterize_nvdiffrast
 from comboverse_ops.render.torch_raster import rasterize_torch
