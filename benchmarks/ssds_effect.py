@@ -274,7 +274,7 @@ class GradientProbe:
                     out_[k] = g
                 return out_
 
-            g_ssds = grad(self.w.guidance * out["ssds"])
+            g_ssds = grad(self.w.guidance * out["loss_ssds"])
             g_ref = grad(ref)
 
             def norm(gs, which=None):

@@ -88,7 +88,7 @@ def test_a_stand_in_guidance_moves_the_poses_to_its_known_optimum_where_the_refe
 
     def guidance(scene, step):  # (scene, step) -> {name: loss}, as score distillation plugs in
         calls.append(step)
-        return {"depth": ((_camera_depths(scene) / wanted - 1) ** 2).sum()}
+        return {"loss_depth": ((_camera_depths(scene) / wanted - 1) ** 2).sum()}
 
     settings = RefineSettings(steps=40, guided_steps=0, guidance_every=1, stop_tolerance=0.0, resolution=64,
                               parameterization="ray", lr_depth=0.03, backend="torch",
@@ -127,7 +127,7 @@ def test_the_default_schedule_guides_every_second_step_of_its_own_budget_and_sto
 
     def guidance(scene, step):
         calls.append(step)
-        return {"zero": 0.0 * scene.objects[0].pose.translation.sum()}
+        return {"loss_zero": 0.0 * scene.objects[0].pose.translation.sum()}
 
     s = RefineSettings(steps=30, guided_steps=12, stop_tolerance=0.0, resolution=32, backend="torch")
     result = refine_poses(proc.scene, targets, s, guidance=guidance, callback=lambda i, n, p: progress.append((i, n)))
@@ -146,3 +146,13 @@ def test_the_default_schedule_guides_every_second_step_of_its_own_budget_and_sto
         full = refine_poses(proc.scene, targets, RefineSettings(steps=30, stop_window=10, stop_tolerance=tolerance,
                                                                 resolution=32, backend="torch"))
         assert full.steps == 30 and len(full.history) == 30
+
+
+def test_a_guidance_term_not_named_loss_star_is_refused_by_name():
+    proc = make_procedural_scene(2, ProceduralSettings(min_objects=2, max_objects=2, image_size=32,
+                                                       faces_per_object=100))
+    obs = proc.observe()
+    with pytest.raises(ValueError, match="'depth'.*|loss_<name>"):
+        refine_poses(proc.scene, RefineTargets.from_masks(obs.image, obs.masks),
+                     RefineSettings(steps=2, resolution=16, backend="torch"),
+                     guidance=lambda scene, step: {"depth": scene.poses[0].scale.sum()})

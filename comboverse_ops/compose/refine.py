@@ -276,8 +276,10 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
         callback: ``callback(step, total, preview)`` after every step; ``preview`` is an
             ``[H, W, 3]`` render every ``settings.preview_every`` steps, else None. Raising
             from it (ComfyUI's Cancel) stops the loop; nothing was modified.
-        guidance: ``guidance(scene, step) -> {name: loss}`` extra terms (score distillation),
-            each weighted by ``settings.weights.guidance``.
+        guidance: ``guidance(scene, step) -> {"loss_<name>": loss}`` extra terms (score
+            distillation; threestudio's form), each weighted by ``settings.weights.guidance``
+            (the paper's lambda_SSDS) and logged as ``guidance_<name>``. When it is called is data:
+            :meth:`RefineSettings.steps_for`, ``guidance_until``, ``guidance_every``.
     Returns:
         :class:`RefineResult` with a new scene and the per-step loss history.
     """
@@ -336,7 +338,10 @@ def refine_poses(scene: Scene, targets: RefineTargets, settings: RefineSettings 
                 guided = scene.with_poses(params.poses(along_ray=True)) if settings.guidance_moves == "depth" \
                     else posed
                 for k, v in guidance(guided, step).items():
-                    terms[f"guidance_{k}"] = v
+                    if not k.startswith("loss_"):
+                        raise ValueError(f"refine: a guidance returns {{'loss_<name>': tensor}} terms (threestudio's "
+                                         f"form), got the key {k!r}")
+                    terms[f"guidance_{k[len('loss_'):]}"] = v
             weighted = {k: weights["guidance" if k.startswith("guidance_") else k] * v for k, v in terms.items()}
             total = sum(weighted.values())
             opt.zero_grad()
