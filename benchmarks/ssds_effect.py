@@ -274,7 +274,7 @@ class GradientProbe:
                     out_[k] = g
                 return out_
 
-            g_ssds = grad(self.w.guidance * out["ssds"])
+            g_ssds = grad(self.w.guidance * out["loss_ssds"])
             g_ref = grad(ref)
 
             def norm(gs, which=None):
@@ -312,7 +312,8 @@ def _run(task) -> dict:
         return row | _metrics(start, amb, novel, opts["points"]) | {"seconds": 0.0}
     v = parse_variant(name)
     weights = LossWeights() if v.physics else replace(LossWeights(), penetration=0.0, support=0.0)
-    settings = RefineSettings(steps=v.steps or opts["steps"], weights=weights, backend=opts["backend"],
+    # Every row states its own schedule: guided_steps=0 so that the steps asked for are the steps run.
+    settings = RefineSettings(steps=v.steps or opts["steps"], guided_steps=0, weights=weights, backend=opts["backend"],
                               preview_every=0, parameterization="ray" if v.ray else "camera", guidance_until=v.until,
                               guidance_moves="depth" if v.depth_only else "all", guidance_every=v.every,
                               stop_tolerance=v.stop)

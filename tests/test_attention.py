@@ -40,39 +40,39 @@ def _explicit(attn, x, ctx, w, renormalize=False):
 def test_factor_one_reproduces_the_stock_processors(stock):
     import diffusers.models.attention_processor as ap
 
-    from comboverse_ops.guidance.attention import SpatialTokenAttnProcessor, TokenWeights
+    from comboverse_ops.guidance.attention import SpatialTokenAttnProcessor
 
     attn, x, ctx = _attn()
+    w = torch.full((1, 77), 25.0)
     with torch.no_grad():
         attn.set_processor(getattr(ap, stock)())
         ref = attn(x, encoder_hidden_states=ctx)
-        state = TokenWeights()
-        attn.set_processor(SpatialTokenAttnProcessor(state))
+        attn.set_processor(SpatialTokenAttnProcessor())
         unset = attn(x, encoder_hidden_states=ctx)
-        with state.use(torch.ones(1, 77)):
-            ones = attn(x, encoder_hidden_states=ctx)
+        ones = attn(x, encoder_hidden_states=ctx, token_weights=torch.ones(1, 77))
+        attn.set_processor(SpatialTokenAttnProcessor(active=False))
+        inactive = attn(x, encoder_hidden_states=ctx, token_weights=w)
     assert (unset - ref).abs().max() < 1e-5 and (ones - ref).abs().max() < 1e-5
+    assert (inactive - ref).abs().max() < 1e-5  # a layer not chosen ignores the weights
 
 
 @pytest.mark.parametrize("renormalize", [False, True])
 def test_factor_25_equals_the_explicit_prompt_to_prompt_computation(renormalize):
-    from comboverse_ops.guidance.attention import SpatialTokenAttnProcessor, TokenWeights
+    from comboverse_ops.guidance.attention import SpatialTokenAttnProcessor
 
     attn, x, ctx = _attn(3)
     w = torch.ones(3, 77)
     w[1:, [5, 6, 7]] = 25.0  # batch item 0 (an unconditional half) keeps w = 1
-    state = TokenWeights(renormalize=renormalize)
-    attn.set_processor(SpatialTokenAttnProcessor(state))
-    with torch.no_grad(), state.use(w):
-        got = attn(x, encoder_hidden_states=ctx)
+    attn.set_processor(SpatialTokenAttnProcessor(renormalize=renormalize))
+    with torch.no_grad():
+        got = attn(x, encoder_hidden_states=ctx, token_weights=w)
         want = _explicit(attn, x, ctx, w, renormalize)
         plain = _explicit(attn, x, ctx, torch.ones(3, 77))
     assert (got - want).abs().max() < 1e-5
     assert (got[0] - plain[0]).abs().max() < 1e-5 and (got[1:] - plain[1:]).abs().max() > 1e-2
     # Backward works through the fast path (no gradients are needed in SSDS, but hooks may ask).
-    with state.use(w):
-        xg = x.clone().requires_grad_()
-        attn(xg, encoder_hidden_states=ctx).sum().backward()
+    xg = x.clone().requires_grad_()
+    attn(xg, encoder_hidden_states=ctx, token_weights=w).sum().backward()
     assert torch.isfinite(xg.grad).all()
 
 
@@ -82,7 +82,6 @@ def test_installing_on_a_unet_changes_only_matching_cross_attention_layers(tmp_p
 
     from comboverse_ops.guidance.attention import (
         SpatialTokenAttnProcessor,
-        TokenWeights,
         install_spatial_attention,
         remove_spatial_attention,
     )
@@ -93,21 +92,20 @@ def test_installing_on_a_unet_changes_only_matching_cross_attention_layers(tmp_p
     x, t, emb = torch.randn(2, 4, 16, 16), torch.tensor([700, 700]), torch.randn(2, 77, 24)
     with torch.no_grad():
         ref = unet(x, t, emb).sample
-    state = TokenWeights()
-    names = install_spatial_attention(unet, state)
+    names = install_spatial_attention(unet)
     procs = unet.attn_processors
     assert names and all(".attn2." in n for n in names)
-    assert all(isinstance(procs[n], SpatialTokenAttnProcessor) == (n in names) for n in procs)
+    assert all(isinstance(p, SpatialTokenAttnProcessor) for p in procs.values())  # every layer takes the keyword
+    assert all(procs[n].active == (n in names) for n in procs)
     w = torch.ones(2, 77)
     w[:, 3] = 25
     with torch.no_grad():
         same = unet(x, t, emb).sample
-        with state.use(w):
-            changed = unet(x, t, emb).sample
+        changed = unet(x, t, emb, cross_attention_kwargs={"token_weights": w}).sample
     assert (same - ref).abs().max() < 1e-5 and (changed - ref).abs().max() > 1e-4
-    only_up = install_spatial_attention(unet, state, r"up_blocks")
+    only_up = install_spatial_attention(unet, r"up_blocks")
     assert only_up and set(only_up) < set(names)
     with pytest.raises(ValueError, match="matches none"):
-        install_spatial_attention(unet, state, "no_such_layer")
+        install_spatial_attention(unet, "no_such_layer")
     remove_spatial_attention(unet)
     assert not any(isinstance(p, SpatialTokenAttnProcessor) for p in unet.attn_processors.values())

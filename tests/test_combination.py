@@ -218,13 +218,14 @@ def test_guidance_restricted_to_depth_moves_objects_only_along_their_viewing_ray
 
     def guidance(scene, step):
         calls.append(step)
-        return {"pull": (scene.objects[0].pose.translation - goal).square().sum()}
+        return {"loss_pull": (scene.objects[0].pose.translation - goal).square().sum()}
 
     only_guidance = LossWeights(ref_rgb=0.0, ref_alpha=0.0, penetration=0.0, support=0.0, guidance=1.0)
     targets = RefineTargets.from_masks(obs.image, obs.masks)
 
     def run(moves):
-        settings = RefineSettings(steps=40, resolution=48, weights=only_guidance, parameterization="ray",
+        settings = RefineSettings(steps=40, guided_steps=0, guidance_every=1, resolution=48, weights=only_guidance,
+                                  parameterization="ray",
                                   guidance_moves=moves, lr=0.01, lr_depth=0.05, preview_every=0)
         return refine_poses(start, targets, settings, guidance=guidance).scene
 
@@ -250,8 +251,9 @@ def test_guidance_until_applies_guidance_in_the_first_share_of_the_steps_only(ob
     start = proc.scene.with_poses(init_poses([o.mesh for o in proc.scene.objects], layout, proc.camera))
     steps = []
     refine_poses(start, RefineTargets.from_masks(obs.image, obs.masks),
-                 RefineSettings(steps=10, resolution=32, guidance_until=0.3, preview_every=0),
-                 guidance=lambda scene, step: steps.append(step) or {"zero": scene.poses[0].scale.sum() * 0})
+                 RefineSettings(steps=10, guided_steps=0, guidance_every=1, resolution=32, guidance_until=0.3,
+                                preview_every=0),
+                 guidance=lambda scene, step: steps.append(step) or {"loss_zero": scene.poses[0].scale.sum() * 0})
     assert steps == [0, 1, 2]
     with pytest.raises(ValueError, match="guidance_until"):
         RefineSettings(guidance_until=1.5)

@@ -88,9 +88,10 @@ def test_a_stand_in_guidance_moves_the_poses_to_its_known_optimum_where_the_refe
 
     def guidance(scene, step):  # (scene, step) -> {name: loss}, as score distillation plugs in
         calls.append(step)
-        return {"depth": ((_camera_depths(scene) / wanted - 1) ** 2).sum()}
+        return {"loss_depth": ((_camera_depths(scene) / wanted - 1) ** 2).sum()}
 
-    settings = RefineSettings(steps=40, resolution=64, parameterization="ray", lr_depth=0.03, backend="torch",
+    settings = RefineSettings(steps=40, guided_steps=0, guidance_every=1, stop_tolerance=0.0, resolution=64,
+                              parameterization="ray", lr_depth=0.03, backend="torch",
                               weights=LossWeights(penetration=0, support=0, guidance=1000.0))
     result = refine_poses(proc.scene, RefineTargets.from_masks(obs.image, obs.masks), settings, guidance=guidance)
 
@@ -112,3 +113,46 @@ def test_a_stand_in_guidance_moves_the_poses_to_its_known_optimum_where_the_refe
     a = render_scene(result.scene, proc.camera).alpha[0] > 0.5
     b = render_scene(proc.scene, proc.camera).alpha[0] > 0.5
     assert float((a & b).sum() / (a | b).sum()) > 0.95
+
+
+def test_the_default_schedule_guides_every_second_step_of_its_own_budget_and_stops_once_nothing_moves():
+    """What the speed defaults do (docs/pipeline_benchmark.md): with a guidance, ``guided_steps``
+    steps with guidance on every second one; without, ``steps`` at most, ending once no surface
+    moved more than ``stop_tolerance`` of the camera distance over ``stop_window`` steps."""
+    proc = make_procedural_scene(2, ProceduralSettings(min_objects=2, max_objects=2, image_size=64,
+                                                       faces_per_object=200))
+    obs = proc.observe()
+    targets = RefineTargets.from_masks(obs.image, obs.masks)
+    calls, progress = [], []
+
+    def guidance(scene, step):
+        calls.append(step)
+        return {"loss_zero": 0.0 * scene.objects[0].pose.translation.sum()}
+
+    s = RefineSettings(steps=30, guided_steps=12, stop_tolerance=0.0, resolution=32, backend="torch")
+    result = refine_poses(proc.scene, targets, s, guidance=guidance, callback=lambda i, n, p: progress.append((i, n)))
+    assert calls == list(range(0, 12, 2)) and result.steps == 12 and len(result.history) == 12
+    assert progress[-1] == (12, 12)
+
+    # From the true poses Adam's steps are small: a tolerance above what moved in the first
+    # window ends the run at the first check, and the progress bar still reaches its end; a
+    # tolerance below it, or none, runs every step.
+    progress.clear()
+    stopped = refine_poses(proc.scene, targets, RefineSettings(steps=100, stop_window=10, stop_tolerance=0.05,
+                                                               resolution=32, backend="torch"),
+                           callback=lambda i, n, p: progress.append((i, n)))
+    assert stopped.steps == 10 and len(stopped.history) == 10 and progress[-1] == (100, 100)
+    for tolerance in (1e-7, 0.0):
+        full = refine_poses(proc.scene, targets, RefineSettings(steps=30, stop_window=10, stop_tolerance=tolerance,
+                                                                resolution=32, backend="torch"))
+        assert full.steps == 30 and len(full.history) == 30
+
+
+def test_a_guidance_term_not_named_loss_star_is_refused_by_name():
+    proc = make_procedural_scene(2, ProceduralSettings(min_objects=2, max_objects=2, image_size=32,
+                                                       faces_per_object=100))
+    obs = proc.observe()
+    with pytest.raises(ValueError, match="'depth'.*|loss_<name>"):
+        refine_poses(proc.scene, RefineTargets.from_masks(obs.image, obs.masks),
+                     RefineSettings(steps=2, resolution=16, backend="torch"),
+                     guidance=lambda scene, step: {"depth": scene.poses[0].scale.sum()})

@@ -76,7 +76,7 @@ def test_gradients_reach_every_pose_parameter_and_never_the_model(model, observe
     poses = [Pose(p.scale.clone().requires_grad_(), p.rotation.clone().requires_grad_(),
                   p.translation.clone().requires_grad_()) for p in start.poses]
     scene = start.with_poses(poses)
-    loss = SSDSGuidance(model, SSDSSettings(**FAST))(scene, 0)["ssds"]
+    loss = SSDSGuidance(model, SSDSSettings(**FAST))(scene, 0)["loss_ssds"]
     loss.backward()
     assert torch.isfinite(loss)
     for p in poses:
@@ -93,7 +93,7 @@ def test_encoding_the_views_in_chunks_gives_the_one_batch_loss_and_gradients(mod
         poses = [Pose(p.scale.clone().requires_grad_(), p.rotation.clone().requires_grad_(),
                       p.translation.clone().requires_grad_()) for p in start.poses]
         loss = SSDSGuidance(model, SSDSSettings(**(FAST | {"views": 5, "encode_chunk": chunk})))(
-            start.with_poses(poses), 0)["ssds"]
+            start.with_poses(poses), 0)["loss_ssds"]
         loss.backward()
         return loss.detach(), torch.cat([torch.cat([p.scale.grad, p.rotation.grad, p.translation.grad])
                                          for p in poses])
@@ -108,17 +108,17 @@ def test_encoding_the_views_in_chunks_gives_the_one_batch_loss_and_gradients(mod
 
 def test_plain_sds_is_the_same_step_without_reweighting(model, observed):
     start, _, _ = observed
-    ssds = SSDSGuidance(model, SSDSSettings(**FAST))(start, 0)["ssds"]
+    ssds = SSDSGuidance(model, SSDSSettings(**FAST))(start, 0)["loss_ssds"]
     plain_g = SSDSGuidance(model, SSDSSettings(**(FAST | {"prompt": "a red box on top of a blue box",
                                                           "reweight": 1.0})))
     assert plain_g.plain and not plain_g.layers
-    plain = plain_g(start, 0)["ssds"]
-    again = SSDSGuidance(model, SSDSSettings(**FAST))(start, 0)["ssds"]
+    plain = plain_g(start, 0)["loss_ssds"]
+    again = SSDSGuidance(model, SSDSSettings(**FAST))(start, 0)["loss_ssds"]
     assert torch.isfinite(plain) and float(plain) != float(ssds) and float(again) == float(ssds)
 
 
 def _refine(scene, obs, model, steps, seed=0, **weights):
-    settings = RefineSettings(steps=steps, resolution=32, backend="torch",
+    settings = RefineSettings(steps=steps, guided_steps=0, guidance_every=1, resolution=32, backend="torch",
                               weights=replace(LossWeights(), **weights))
     guidance = SSDSGuidance(model, SSDSSettings(**FAST, seed=seed))
     return refine_poses(scene, RefineTargets.from_masks(obs.image, obs.masks), settings, guidance=guidance)

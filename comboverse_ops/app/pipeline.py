@@ -35,12 +35,12 @@ from pathlib import Path
 
 import torch
 
+from ..compose.refine import RefineSettings
 from ..decompose.detect import DetectSettings
 from ..decompose.inpaint import InpaintSettings
-from ..types.images import load_image_hwc  # re-exported: the CLI's picture loader
 from ..meshio.decimate import MAX_FACES
 from ..models.precision import model_dtype
-from ..compose.refine import RefineSettings
+from ..types.images import load_image_hwc  # re-exported: the CLI's picture loader
 
 __all__ = ["PipelineSettings", "PipelineInputs", "check_inputs", "run_pipeline", "find_models", "load_image_hwc"]
 
@@ -80,6 +80,7 @@ class PipelineSettings:
     # SSDSRefine
     refine_steps: int = 200
     refine_resolution: int = 128
+    refine_guided_steps: int = RefineSettings.guided_steps
     refine_guidance_every: int = RefineSettings.guidance_every
     refine_stop_tolerance: float = RefineSettings.stop_tolerance
     ssds_weight: float = 1.0
@@ -282,9 +283,9 @@ def check_inputs(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
 
 def _stage_settings(s: PipelineSettings):
     """Every stage's settings from the CLI's values; an invalid one names its stage's flags."""
-    from ..lift3d.reconstruct import Lift3DSettings
     from ..compose.refine import LossWeights
     from ..guidance.ssds import SSDSSettings
+    from ..lift3d.reconstruct import Lift3DSettings
 
     def make(flags: str, build):
         try:
@@ -297,7 +298,8 @@ def _stage_settings(s: PipelineSettings):
     lift = make("--mc-resolution / --density-threshold / --max-faces", lambda: Lift3DSettings(
         resolution=s.mc_resolution, density_threshold=s.density_threshold, max_faces=s.max_faces).validate())
     refine = make("--steps / --refine-resolution / --ssds-weight / --guidance-every / --stop-tolerance",
-                  lambda: RefineSettings(steps=s.refine_steps, resolution=s.refine_resolution,
+                  lambda: RefineSettings(steps=s.refine_steps, guided_steps=s.refine_guided_steps,
+                                         resolution=s.refine_resolution,
                                          weights=replace(LossWeights(), guidance=s.ssds_weight),
                                          guidance_every=s.refine_guidance_every,
                                          stop_tolerance=s.refine_stop_tolerance))
@@ -456,7 +458,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
         models_used["guidance"] = {"kind": "none (reference view + physics only)", "file": None}
     rs = replace(inputs.refine, weights=replace(inputs.refine.weights, guidance=s.ssds_weight if use_ssds else 0.0))
     rgb = seg.rgb  # the picture as Segment converted it
-    cb = bar("refine", max(1, rs.steps))
+    cb = bar("refine", max(1, rs.steps_for(guidance is not None and rs.weights.guidance != 0)))
     try:
         result = refine_poses(start, RefineTargets.from_masks(rgb, layout.masks.float()), rs, callback=cb,
                               guidance=guidance)

@@ -2,7 +2,7 @@
 
 In: a posed :class:`~.types.scene.Scene` and the step number (``guidance(scene, step)``), a
 loaded text-to-image SD model and a caption naming the objects' relation.
-Out: ``{"ssds": loss}``, a scalar differentiable w.r.t. every pose, for
+Out: ``{"loss_ssds": loss}``, a scalar differentiable w.r.t. every pose, for
 :func:`~.compose.refine.refine_poses` to weight.
 
 - :mod:`.ssds`: :class:`SSDSGuidance`: views sampled around the reference camera, rendered,

@@ -13,61 +13,50 @@ equals a softmax of the logits plus ``log w``: an additive attention bias, again
 Both are exact; ``tests/test_attention.py`` checks them against an explicit computation.
 
 Weights are per batch item (``[B, L]``), so the unconditional half of a classifier-free
-guidance batch can keep ``w = 1``. They are set on a shared :class:`TokenWeights` holder before
-each UNet call; self-attention layers keep their stock processor.
+guidance batch can keep ``w = 1``. They travel with each UNet call, diffusers' way:
+
+    unet(x, t, encoder_hidden_states=emb, cross_attention_kwargs={"token_weights": w})
+
+:func:`install_spatial_attention` puts the processor on every attention layer of the UNet, so
+that every layer accepts ``token_weights`` (diffusers warns at each call about a keyword a
+processor does not take); only the chosen cross-attention layers apply the weights, the others
+(self-attention included) compute the stock attention.
 """
 
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "SpatialTokenAttnProcessor",
-    "TokenWeights",
     "cross_attention_names",
     "install_spatial_attention",
     "remove_spatial_attention",
 ]
 
 
-class TokenWeights:
-    """The current per-token factors, shared by every installed processor.
-
-    Attributes:
-        weights: ``[B, L]`` (or ``[1, L]``, broadcast over the batch) float factors, or None (no
-            reweighting: the stock computation).
-        renormalize: divide the reweighted probabilities by their row sums.
-    """
-
-    def __init__(self, renormalize: bool = False):
-        self.weights: torch.Tensor | None = None
-        self.renormalize = renormalize
-
-    @contextmanager
-    def use(self, weights: torch.Tensor | None):
-        """Reweight with ``weights`` (``[B, L]``) inside the block."""
-        old, self.weights = self.weights, weights
-        try:
-            yield self
-        finally:
-            self.weights = old
-
-
 class SpatialTokenAttnProcessor:
     """A cross-attention processor that multiplies the attention of chosen tokens (module doc).
 
-    With no weights set (or all ones) it computes what diffusers' ``AttnProcessor2_0`` computes.
+    Args:
+        active: apply ``token_weights`` (a chosen cross-attention layer); False: ignore them.
+        renormalize: divide the reweighted probabilities by their row sums.
+
+    Called with ``token_weights`` ``[B, L]`` (or ``[1, L]``) float factors, or None: without
+    weights (or all ones), and in layers that are not active, it computes what diffusers'
+    ``AttnProcessor2_0`` computes.
     """
 
-    def __init__(self, state: TokenWeights):
-        self.state = state
+    def __init__(self, active: bool = True, renormalize: bool = False):
+        self.active, self.renormalize = active, renormalize
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs):
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 token_weights: torch.Tensor | None = None, *args, **kwargs):
+        cross = encoder_hidden_states is not None
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -100,10 +89,10 @@ class SpatialTokenAttnProcessor:
         if getattr(attn, "norm_k", None) is not None:
             key = attn.norm_k(key)
 
-        w = self.state.weights
+        w = token_weights if self.active and cross else None
         if w is not None:
             w = self._fit(w, batch_size, key.shape[2], value)
-            if self.state.renormalize:
+            if self.renormalize:
                 bias = w.log()[:, None, None, :]  # softmax(s + log w) = P diag(w) / (P w)
                 attention_mask = bias if attention_mask is None else attention_mask + bias
             else:
@@ -140,10 +129,12 @@ def cross_attention_names(unet, layer_filter: str = "attn2") -> list[str]:
     return [name for name in unet.attn_processors if ".attn2." in name and pattern.search(name)]
 
 
-def install_spatial_attention(unet, state: TokenWeights, layer_filter: str = "attn2") -> list[str]:
-    """Put a :class:`SpatialTokenAttnProcessor` on the matching cross-attention layers of ``unet``.
+def install_spatial_attention(unet, layer_filter: str = "attn2", renormalize: bool = False) -> list[str]:
+    """Put :class:`SpatialTokenAttnProcessor` on ``unet``: active on the cross-attention layers
+    matching ``layer_filter``, inactive (stock attention) on every other layer (module doc).
 
-    Other layers keep their processors. Returns the names of the layers changed.
+    Returns the names of the active layers. Keep ``unet.attn_processors`` first to put the
+    previous processors back (:class:`.ssds.SSDSGuidance` does).
 
     Raises:
         ValueError: when no cross-attention layer matches ``layer_filter``.
@@ -152,9 +143,8 @@ def install_spatial_attention(unet, state: TokenWeights, layer_filter: str = "at
     if not names:
         raise ValueError(f"layer filter: expected a pattern matching some cross-attention layers (e.g. 'attn2'), "
                          f"got {layer_filter!r}, which matches none")
-    current = unet.attn_processors
-    processor = SpatialTokenAttnProcessor(state)
-    unet.set_attn_processor({name: (processor if name in names else p) for name, p in current.items()})
+    active, inactive = SpatialTokenAttnProcessor(True, renormalize), SpatialTokenAttnProcessor(False, renormalize)
+    unet.set_attn_processor({name: (active if name in names else inactive) for name in unet.attn_processors})
     return names
 
 

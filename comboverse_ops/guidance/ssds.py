@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .attention import TokenWeights, install_spatial_attention, remove_spatial_attention
+from .attention import install_spatial_attention, remove_spatial_attention
 from ..types.camera import Cameras
 from ..determinism import ordered_sum, serial_bilinear
 from ..render import render_scene
@@ -194,7 +194,7 @@ def _normal_tensors(module: torch.nn.Module) -> list[tuple[dict, str, torch.Tens
 
 
 class SSDSGuidance:
-    """``guidance(scene, step) -> {"ssds": loss}`` for :func:`.refine.refine_poses` (module doc).
+    """``guidance(scene, step) -> {"loss_ssds": loss}`` for :func:`.refine.refine_poses` (module doc).
 
     While it lives, the model is prepared for it: weights frozen, the cross-attention processors
     matching ``settings.layer_filter`` replaced by the spatial-token processor (stock-equivalent
@@ -239,13 +239,12 @@ class SSDSGuidance:
                 self.alphas_cumprod = _alphas_cumprod(model.scheduler_config).to(self.device)
             self.num_train_timesteps = int(self.alphas_cumprod.shape[0])
             self.prediction_type = model.scheduler_config.get("prediction_type", "epsilon")
-            self.token_state = TokenWeights(renormalize=settings.renormalize)
             self.plain = settings.reweight == 1.0 and not any(p.factor != 1.0 for p in self.prompt.phrases)
             if self.plain:
                 remove_spatial_attention(model.unet)
                 self.layers: list[str] = []
             else:
-                self.layers = install_spatial_attention(model.unet, self.token_state, settings.layer_filter)
+                self.layers = install_spatial_attention(model.unet, settings.layer_filter, settings.renormalize)
             vae_factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
             self.model_resolution = settings.model_resolution or int(model.unet.config.sample_size) * vae_factor
             self.generator = torch.Generator().manual_seed(int(settings.seed))
@@ -293,9 +292,10 @@ class SSDSGuidance:
         if not self.plain:
             ones = torch.ones(b, self.prompt.token_weights.shape[0])
             weights = torch.cat([ones, self.prompt.token_weights.expand(b, -1)]).to(self.device, non_blocking=True)
-        with torch.no_grad(), self.token_state.use(weights):
+        kwargs = {} if weights is None else {"cross_attention_kwargs": {"token_weights": weights}}
+        with torch.no_grad():
             x = torch.cat([z_t, z_t]).to(self.dtype)
-            out = self.model.unet(x, torch.cat([t, t]), encoder_hidden_states=emb).sample.float()
+            out = self.model.unet(x, torch.cat([t, t]), encoder_hidden_states=emb, **kwargs).sample.float()
         if self.prediction_type == "v_prediction":
             a = self.alphas_cumprod[t].reshape(-1, 1, 1, 1).repeat(2, 1, 1, 1)
             out = a.sqrt() * out + (1 - a).sqrt() * torch.cat([z_t, z_t]).float()  # v -> eps
@@ -324,7 +324,7 @@ class SSDSGuidance:
         if not backprop or chunk >= s.views:
             latents = self.encode(rgb).float()
             eps = self.predict_noise(a.sqrt() * latents.detach() + (1 - a).sqrt() * noise, t)
-            return {"ssds": sds_loss(latents, eps, noise, w)}
+            return {"loss_ssds": sds_loss(latents, eps, noise, w)}
         # Memory (module doc): the UNet sees every view at once, from latents encoded without a
         # graph; then each chunk is encoded again with one and its SDS gradient pushed back to the
         # renders. Only the renders' gradient is kept between chunks.
@@ -340,7 +340,7 @@ class SSDSGuidance:
             total = total + part.detach()
         # Value: the loss; gradient w.r.t. the renders: the one the chunks accumulated.
         grad = images.grad
-        return {"ssds": total + ordered_sum(rgb * grad) - ordered_sum(rgb.detach() * grad)}
+        return {"loss_ssds": total + ordered_sum(rgb * grad) - ordered_sum(rgb.detach() * grad)}
 
     @property
     def latent_channels(self) -> int:

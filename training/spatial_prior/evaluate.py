@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from comboverse_ops.guidance.attention import TokenWeights, install_spatial_attention, remove_spatial_attention
+from comboverse_ops.guidance.attention import install_spatial_attention, remove_spatial_attention
 from comboverse_ops.models.sd import load_sd_model, make_scheduler
 from comboverse_ops.guidance.spatial_tokens import parse_spatial_prompt
 from comboverse_ops.guidance.ssds import SSDSGuidance, SSDSSettings
@@ -61,18 +61,17 @@ def sample(model, captions: list[str], *, reweight: float, cfg: float = 7.5, ste
     emb = model.text_encoder(torch.cat([uncond_ids.to(dev), ids]))[0].to(dt)
     emb = torch.cat([emb[:1].expand(len(captions), -1, -1), emb[1:]])
     weights = torch.cat([torch.ones(len(captions), ids.shape[1]), torch.stack([p.token_weights for p in prompts])])
-    state = TokenWeights()
-    install_spatial_attention(model.unet, state)
+    install_spatial_attention(model.unet)
+    kwargs = {"cross_attention_kwargs": {"token_weights": weights.to(dev)}} if reweight != 1 else {}
     sched = make_scheduler("ddim", model.scheduler_config)
     sched.set_timesteps(steps)
     size = int(model.unet.config.sample_size)
     z = torch.randn(len(captions), 4, size, size, generator=generator).to(dev)
     try:
-        with state.use(weights.to(dev) if reweight != 1 else None):
-            for t in sched.timesteps:
-                out = model.unet(torch.cat([z, z]).to(dt), t.to(dev), encoder_hidden_states=emb).sample.float()
-                u, c = out.chunk(2)
-                z = sched.step(u + cfg * (c - u), t, z).prev_sample
+        for t in sched.timesteps:
+            out = model.unet(torch.cat([z, z]).to(dt), t.to(dev), encoder_hidden_states=emb, **kwargs).sample.float()
+            u, c = out.chunk(2)
+            z = sched.step(u + cfg * (c - u), t, z).prev_sample
     finally:
         remove_spatial_attention(model.unet)
     return decode(model, z)
