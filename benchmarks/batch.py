@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from comboverse_ops.batch import (BatchSettings, OutputFolder, WorkerPool, read_manifest, run_scenes,  # noqa: E402
                                   start_ray, write_procedural_manifest)
-from comboverse_ops.pipeline import PipelineSettings  # noqa: E402
+from comboverse_ops.pipeline import PipelineSettings, with_settings  # noqa: E402
 from stand_ins import substitution_notes  # noqa: E402
 
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        settings = PipelineSettings(refine_steps=steps, preview_size=min(256, size))
+        settings = with_settings(PipelineSettings(preview_size=min(256, size)), {"refine.steps": steps})
         if real:
             from pipeline import write_models
 

@@ -41,7 +41,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -51,7 +51,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_models: the tests' builders for the real file formats
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from comboverse_ops.pipeline import PipelineSettings, run_pipeline  # noqa: E402
+from comboverse_ops.pipeline import LEGACY_NAMES, PipelineSettings, run_pipeline, with_settings  # noqa: E402
+from comboverse_ops.settings import get_path  # noqa: E402
+
+# Every numeric setting by its flat name (run fields, and the stage settings' old flat names): type.
+NUMERIC = {f.name: {"int": int, "float": float}[f.type] for f in fields(PipelineSettings) if f.type in ("int", "float")}
+NUMERIC |= {old: type(get_path(PipelineSettings().stages, new)) for old, new in LEGACY_NAMES.items()}
+
+
+def _get(settings: PipelineSettings, name: str):
+    return get_path(settings.stages, LEGACY_NAMES[name]) if name in LEGACY_NAMES else getattr(settings, name)
 from stand_ins import substitute_trained_outputs  # noqa: E402
 
 GOAL_SECONDS, GOAL_GB = 60.0, 12.0
@@ -276,9 +285,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the measurements here")
     ap.add_argument("--also", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
                     help="one more (warm) run with these settings changed, e.g. --also ssds_views=4; repeatable")
-    for f in fields(PipelineSettings):  # every numeric setting of the run, e.g. --ssds-views 4
-        if f.type in ("int", "float"):
-            ap.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float, default=None)
+    for name, t in NUMERIC.items():  # every numeric setting of the run, e.g. --ssds-views 4
+        ap.add_argument("--" + name.replace("_", "-"), type=t, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -297,18 +305,18 @@ def main(argv=None) -> int:
         from comboverse_ops.atomic import save_png_atomic
         image_path = save_png_atomic(Path(tmp) / "three_objects.png", image)
         notes = substitute_trained_outputs(masks, (size, size))
-        overrides = {f.name: getattr(args, f.name) for f in fields(PipelineSettings)
-                     if f.type in ("int", "float") and getattr(args, f.name) is not None}
+        overrides = {name: getattr(args, name) for name in NUMERIC if getattr(args, name) is not None}
         settings = PipelineSettings(models_dir=str(root), device=str(device), prompt=prompt,
                                     inpaint=str(files["inpaint"]), inpaint_config=_str(files.get("inpaint_config")),
                                     guidance=None if args.no_guidance else str(files["guidance"]),
                                     guidance_config=_str(files.get("guidance_config")),
                                     depth=_str(files.get("depth")), phrases="a red box; a blue box; a green ball")
         if args.tiny:  # small enough for 2 CPU cores in seconds
-            settings = replace(settings, inpaint_steps=2, inpaint_resolution=64, mc_resolution=32, refine_steps=3,
-                               refine_resolution=32, ssds_views=2, ssds_resolution=32, preview_size=64)
-        settings = replace(settings, **overrides)
-        print("settings: " + ", ".join(f"{k}={getattr(settings, k)}" for k in (
+            settings = with_settings(settings, dict(inpaint_steps=2, inpaint_resolution=64, mc_resolution=32,
+                                                    refine_steps=3, refine_resolution=32, ssds_views=2,
+                                                    ssds_resolution=32, preview_size=64))
+        settings = with_settings(settings, overrides)
+        print("settings: " + ", ".join(f"{k}={_get(settings, k)}" for k in (
             "inpaint_steps", "inpaint_resolution", "mc_resolution", "max_faces", "refine_steps",
             "refine_resolution", "ssds_views", "ssds_resolution")) + f", depth={args.depth}, "
               f"guidance={'off' if args.no_guidance else 'SD 1.5'}")
@@ -317,7 +325,7 @@ def main(argv=None) -> int:
         for k, spec in enumerate(args.also):
             changed = parse_also(spec)
             runs.append(run_once(",".join(f"{a}={b}" for a, b in changed.items()), image_path, boxes,
-                                 Path(tmp) / f"also{k}" / "scene.glb", replace(settings, **changed), device))
+                                 Path(tmp) / f"also{k}" / "scene.glb", with_settings(settings, changed), device))
     print()
     print_table(runs, device)
     for n in notes:
@@ -330,7 +338,7 @@ def main(argv=None) -> int:
 
 def parse_also(spec: str) -> dict:
     """``"ssds_views=4,refine_steps=100"`` -> typed PipelineSettings changes."""
-    types = {f.name: f.type for f in fields(PipelineSettings)}
+    types = {name: t.__name__ for name, t in NUMERIC.items()}
     out = {}
     for item in spec.split(","):
         key, _, value = item.partition("=")

@@ -23,7 +23,7 @@ costs the reference loss nothing and the physical terms decide it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +33,9 @@ from .determinism import ordered_mean
 from .mesh import Mesh
 from .physics import penetration_loss, support_loss
 from .pose import Pose
-from .render import render_scene
+from .render import BACKENDS, render_scene
 from .scene import Scene
+from .settings import setting, settings_class
 
 __all__ = ["LossWeights", "RefineSettings", "RefineTargets", "RefineResult", "refine_poses", "PARAMETERIZATIONS"]
 
@@ -42,47 +43,71 @@ PARAMETERIZATIONS = ("camera", "ray")
 GUIDANCE_MOVES = ("all", "depth")
 
 
+@settings_class
 @dataclass(frozen=True)
 class LossWeights:
     """Weight of each loss term (0 switches a term off)."""
 
-    ref_rgb: float = 1000.0  # paper
-    ref_alpha: float = 1000.0  # paper
-    silhouette: float = 0.0  # beyond the paper; 1000 pulls from any distance, but cost scenes in benchmarks/layout.py
-    penetration: float = 1.0e5  # beyond the paper; squared penetration depth / scene distance^2
-    support: float = 1.0e4  # beyond the paper; squared support gap / scene distance^2
-    guidance: float = 1.0  # paper: L = 1 * L_ref + 1 * L_SSDS
+    ref_rgb: float = setting(1000.0, "Weight of the reference view's colour L1 (paper: 1000).", lo=0.0,
+                             source="paper")
+    ref_alpha: float = setting(1000.0, "Weight of the reference view's coverage L1 (paper: 1000).", lo=0.0,
+                               source="paper")
+    # beyond the paper; 1000 pulls from any distance, but cost scenes in benchmarks/layout.py
+    silhouette: float = setting(0.0, "Pull of each object towards its mask from any distance (0 = off).", lo=0.0,
+                                hi=1e6, step=10.0, source="measured")
+    # beyond the paper; squared penetration depth / scene distance^2
+    penetration: float = setting(1.0e5, "Penalty on objects reaching into each other (0 = off).", lo=0.0, hi=1e8,
+                                 step=1000.0, source="measured")
+    # beyond the paper; squared support gap / scene distance^2
+    support: float = setting(1.0e4, "Pull of each object onto the ground or the object under it (0 = off; off for "
+                                    "floating things).", lo=0.0, hi=1e8, step=1000.0, source="measured")
+    # paper: L = 1 * L_ref + 1 * L_SSDS
+    guidance: float = setting(1.0, "lambda_SSDS (paper: 1). 0 switches the guidance off.", lo=0.0, hi=1e6, step=0.1,
+                              source="paper")
 
     def active(self) -> dict[str, float]:
         return {k: v for k, v in self.__dict__.items() if v != 0}
 
 
+@settings_class
 @dataclass(frozen=True)
 class RefineSettings:
     """Settings of :func:`refine_poses`; defaults are the paper's where it gives them."""
 
-    steps: int = 200  # optimisation steps (a re-implementation used 400 with SSDS; 200 suffice without)
-    resolution: int = 128  # longer side of the reference render, pixels
-    lr: float = 0.001  # paper: scale and x/y translation
-    lr_depth: float = 0.01  # paper: z (depth) translation
-    lr_rotation: float = 0.01  # paper: 0.001; 10x recovers yaw far better (benchmarks/layout.py)
-    parameterization: str = "camera"  # "camera" (paper) or "ray" (module doc); chosen by benchmarks/layout.py
-    optimize_scale: bool = True
-    optimize_rotation: bool = True
-    weights: LossWeights = field(default_factory=LossWeights)
+    # a re-implementation used 400 with SSDS; 200 suffice without (benchmarks/layout.py)
+    steps: int = setting(200, "Optimisation steps.", lo=0, hi=5000, source="measured")
+    resolution: int = setting(128, "Longer side of the reference render, in pixels.", lo=8, hi=1024, step=16,
+                              source="choice")
+    lr: float = setting(0.001, "Adam learning rate of scale and x/y translation (paper: 0.001).", lo=0.0,
+                        source="paper")
+    lr_depth: float = setting(0.01, "Adam learning rate of the depth translation (paper: 0.01).", lo=0.0,
+                              source="paper")
+    lr_rotation: float = setting(0.01, "Adam learning rate of rotation (paper: 0.001; 10x recovers yaw far better, "
+                                       "benchmarks/layout.py).", lo=0.0, source="measured")
+    parameterization: str = setting("camera", "ray: depth slides each object along its viewing ray (keeps the "
+                                              "reference view; physics decides depth). camera: the paper's.",
+                                    choices=PARAMETERIZATIONS, source="paper")
+    optimize_scale: bool = setting(True, "Optimise each object's scale (paper: yes).", source="paper")
+    optimize_rotation: bool = setting(True, "Optimise each object's rotation (paper: yes).", source="paper")
+    weights: LossWeights = setting(factory=LossWeights, help="Weight of each loss term.")
     # Share of the steps, from the first, that add the guidance terms; the rest refine on the
     # reference view and physics alone, so the reference fit lost to guidance is won back while
     # what the reference view cannot see (depth order) stays where guidance put it. Choice:
     # benchmarks/ssds_effect.py (docs/ssds_effect.md); 1.0 is the paper's every step.
-    guidance_until: float = 1.0
+    guidance_until: float = setting(1.0, "Share of the steps, from the first, that add the guidance terms (1: every "
+                                         "step, the paper's).", lo=0.0, hi=1.0, step=0.05, source="paper")
     # What the guidance may move: "all" pose parameters (paper), or "depth": each object only along
     # its viewing ray, position and size together about the camera (the change the reference view
     # cannot see), through its depth parameter (needs parameterization "ray"); the reference decides
     # the rest. Measured in
     # docs/ssds_effect.md: far less reference fit lost for as much relation fixed.
-    guidance_moves: str = "all"
-    preview_every: int = 25  # steps between preview renders passed to the callback
-    backend: str = "auto"  # renderer backend
+    guidance_moves: str = setting("all", "What the guidance may move: all pose parameters (paper) or depth (each "
+                                         "object along its viewing ray; needs parameterization ray).",
+                                  choices=GUIDANCE_MOVES, source="paper")
+    preview_every: int = setting(25, "Steps between preview renders passed to the progress callback (0: none).",
+                                 lo=0, source="choice")
+    backend: str = setting("auto", "Renderer: auto uses nvdiffrast on a GPU where installed.", choices=BACKENDS,
+                           source="choice")
 
     def __post_init__(self):
         if self.parameterization not in PARAMETERIZATIONS:
