@@ -122,8 +122,9 @@ def main(argv=None) -> int:
                                guidance=None if args.no_guidance else str(files["guidance"]),
                                guidance_config=_str(files.get("guidance_config")), depth=_str(files.get("depth")))
             if args.tiny:  # as benchmarks/pipeline.py --tiny: seconds on 2 CPU cores
-                settings = replace(settings, inpaint_steps=2, inpaint_resolution=64, mc_resolution=32,
-                                   refine_resolution=32, ssds_views=2, ssds_resolution=32, preview_size=64)
+                settings = with_settings(settings, dict(inpaint_steps=2, inpaint_resolution=64, mc_resolution=32,
+                                                        refine_resolution=32, ssds_views=2, ssds_resolution=32,
+                                                        preview_size=64))
         base = write_procedural_manifest(root / "scenes.jsonl", args.scenes_per_worker, objects=objects,
                                          image_size=size, log=lambda *a: None)
         cpw = args.cpus_per_worker or (None if gpu else 1)

@@ -162,15 +162,17 @@ def _parser_of(t):
         inner = next(a for a in args if a is not type(None))
         base = _parser_of(inner)
         return lambda s: None if s.strip().lower() == "none" else base(s)
-    return t if t in (int, float, str) else str
+    if t not in (int, float, str):
+        raise TypeError(f"a setting of type {t} has no command-line form; make it int, float, str, bool, a tuple "
+                        "of those or X | None, or declare it with setting(..., flag=False)")
+    return t
 
 
 def flag_name(path: str) -> str:
     return "--" + path.replace(".", "-").replace("_", "-")
 
 
-def add_flags(parser, stages: dict[str, type], *, aliases: dict[str, tuple[str, ...]] = None,
-              skip: set[str] = frozenset()) -> dict[str, str]:
+def add_flags(parser, stages: dict[str, type], *, aliases: dict[str, tuple[str, ...]] | None = None) -> dict[str, str]:
     """One flag per setting of each stage class: ``--<stage>-<field>`` (nested: ``--refine-weights-support``).
 
     Every flag's default is ``argparse.SUPPRESS`` (only flags given on the command line reach the
@@ -185,7 +187,7 @@ def add_flags(parser, stages: dict[str, type], *, aliases: dict[str, tuple[str, 
         for sub, owner, f in leaf_fields(cls):
             path = f"{stage}.{sub}"
             md = f.metadata
-            if path in skip or not md.get("flag", True):
+            if not md.get("flag", True):
                 continue
             t = field_type(owner, f.name)
             value = get_path(default_obj, sub)
@@ -193,15 +195,20 @@ def add_flags(parser, stages: dict[str, type], *, aliases: dict[str, tuple[str, 
             dest = path.replace(".", "__")
             src = md.get("source", "choice")
             help_text = (md.get("help") or f.name).replace("%", "%%")
-            if md.get("lo") is not None or md.get("hi") is not None:
-                help_text += f" [{md.get('lo', '')}..{md.get('hi', '')}]".replace("None", "")
+            lo, hi = md.get("lo"), md.get("hi")
+            if lo is not None or hi is not None:
+                help_text += f" [{'' if lo is None else lo}..{'' if hi is None else hi}]"
             help_text += f" (default: {describe_default(value)}; {src})"
             kw = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text}
             if t is bool:
                 kw["action"] = argparse.BooleanOptionalAction
             elif typing.get_origin(t) is tuple:
-                kw.update(nargs=len(typing.get_args(t)), type=typing.get_args(t)[0], metavar=tuple(
-                    (md.get("parts") or {f"V{i}": "" for i in range(len(typing.get_args(t)))}).keys()))
+                items = typing.get_args(t)
+                if Ellipsis in items:  # tuple[float, ...]
+                    kw.update(nargs="+", type=_parser_of(items[0]))
+                else:
+                    kw.update(nargs=len(items), type=_parser_of(items[0]),
+                              metavar=tuple(md.get("parts") or [f"V{i}" for i in range(len(items))]))
             else:
                 kw["type"] = _parser_of(t)
                 if md.get("choices"):

@@ -110,7 +110,6 @@ def reconstruct_objects(model, images: torch.Tensor, masks: torch.Tensor | None 
         ``(meshes, conditioning)``: ``B`` meshes on the CPU (float32 vertices, vertex colours in
         [0, 1] unless disabled) and the ``[B, S, S, 3]`` conditioning images on the CPU.
     """
-    settings.validate()
     b = images.shape[0] if images.ndim == 4 else 1
     names = list(names) if names is not None else [f"object_{i}" for i in range(b)]
     if len(names) != b:
