@@ -44,8 +44,9 @@ from .run_settings import (LEGACY_NAMES, PipelineInputs, PipelineSettings, check
                            output_paths, pipeline_device, tokenizer_dirs, with_settings)
 
 __all__ = ["PipelineSettings", "PipelineInputs", "LEGACY_NAMES", "check_inputs", "run_pipeline", "find_models",
-           "load_image_hwc", "with_settings", "models_root", "output_paths", "Run", "Objects", "detect_stage",
-           "segment_and_inpaint_stage", "lift3d_stage", "init_pose_stage", "refine_stage", "export_stage"]
+           "load_image_hwc", "with_settings", "models_root", "output_paths", "Run", "Detected", "Objects", "Lifted",
+           "detect_stage", "segment_stage", "inpaint_stage", "lift3d_stage", "init_pose_stage", "refine_stage",
+           "export_stage"]
 
 
 def _offload(*handles) -> None:
@@ -93,6 +94,14 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Detected:
+    """Detect's output: ``boxes`` ``[N, 4]`` float32 ``(x0, y0, x1, y1)`` pixels, one per phrase."""
+
+    boxes: torch.Tensor
+    phrases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Objects:
     """Segment's and Inpaint's output: the layout and one framed crop per object.
 
@@ -105,8 +114,16 @@ class Objects:
     inpainted: tuple[bool, ...]
 
 
-def detect_stage(run: Run, image: torch.Tensor, phrases: tuple) -> tuple[torch.Tensor, tuple]:
-    """Detect: one box per phrase, ``([N, 4] float32 pixels, phrases)``."""
+@dataclass(frozen=True)
+class Lifted:
+    """Lift3D's output: one canonical-frame mesh per object and the objects' unique names."""
+
+    meshes: list
+    names: list[str]
+
+
+def detect_stage(run: Run, image: torch.Tensor, phrases: tuple) -> Detected:
+    """Detect: one box per phrase."""
     from .detect import detect_phrases, load_detector
     from .layout import parse_boxes
 
@@ -118,14 +135,12 @@ def detect_stage(run: Run, image: torch.Tensor, phrases: tuple) -> tuple[torch.T
         run.models_used["detect"] = {"kind": f"{detector.model_type} (open-vocabulary detector)",
                                      "file": str(s.detect)}
         _offload(detector)
-    return parse_boxes(found.boxes.tolist(), tuple(image.shape[:2]), what="--detect"), tuple(found.phrases)
+    return Detected(parse_boxes(found.boxes.tolist(), tuple(image.shape[:2]), what="--detect"), tuple(found.phrases))
 
 
-def segment_and_inpaint_stage(run: Run, image: torch.Tensor, boxes: torch.Tensor, phrases: tuple) -> Objects:
-    """Segment (SAM with the boxes), then Inpaint (SD inpainting of occluded objects) unless skipped."""
-    from .inpaint import inpaint_objects
+def segment_stage(run: Run, image: torch.Tensor, boxes: torch.Tensor, phrases: tuple) -> tuple[Objects, object]:
+    """Segment: SAM with the boxes; the objects and the SAM holder (Inpaint re-segments with it)."""
     from .models.sam import load_sam
-    from .models.sd import load_sd_model
     from .segment import segment_image
 
     s, files = run.settings, run.files
@@ -135,7 +150,15 @@ def segment_and_inpaint_stage(run: Run, image: torch.Tensor, boxes: torch.Tensor
         run.models_used["segment"] = {"kind": f"SAM {sam.arch.name}", "file": str(files["sam"])}
         seg = segment_image(image, sam, boxes=boxes, phrases=list(phrases), settings=s.stage("segment"),
                             recenter=s.stage("recenter"))
-    objects = Objects(seg.layout, seg.crops, seg.crop_masks, (False,) * len(seg.layout))
+    return Objects(seg.layout, seg.crops, seg.crop_masks, (False,) * len(seg.layout)), sam
+
+
+def inpaint_stage(run: Run, image: torch.Tensor, objects: Objects, sam) -> Objects:
+    """Inpaint: SD inpainting completes occluded objects (Segment's objects as they are without a model)."""
+    from .inpaint import inpaint_objects
+    from .models.sd import load_sd_model
+
+    s, files = run.settings, run.files
     with run.timed("inpaint"):
         if files["inpaint"] is None:
             run.log("Inpaint: skipped (--no-inpaint); Segment's crops go to Lift3D")
@@ -147,13 +170,13 @@ def segment_and_inpaint_stage(run: Run, image: torch.Tensor, boxes: torch.Tensor
                            tokenizer_dirs=tokenizer_dirs(run.root), what="Inpaint (SD inpainting)").to(run.device)
         run.models_used["inpaint"] = {"kind": sd.info.describe(), "file": str(files["inpaint"])}
         settings = s.stage("inpaint")
-        with run.bar("inpaint", settings.steps * max(1, len(seg.layout))) as cb:
-            res = inpaint_objects(image, seg.layout, sd, settings, s.stage("recenter"), sam=sam, callback=cb)
+        with run.bar("inpaint", settings.steps * max(1, len(objects.layout))) as cb:
+            res = inpaint_objects(image, objects.layout, sd, settings, s.stage("recenter"), sam=sam, callback=cb)
         _offload(sam, sd)
-    return Objects(seg.layout, res.crops, res.crop_masks, tuple(bool(x) for x in res.windows.occluded))
+    return Objects(objects.layout, res.crops, res.crop_masks, tuple(bool(x) for x in res.windows.occluded))
 
 
-def lift3d_stage(run: Run, objects: Objects) -> tuple[list, list[str]]:
+def lift3d_stage(run: Run, objects: Objects) -> Lifted:
     """Lift3D: one canonical mesh per crop, and the objects' unique names."""
     from .lift3d.checkpoint import load_triposr
     from .lift3d.reconstruct import reconstruct_objects
@@ -169,10 +192,10 @@ def lift3d_stage(run: Run, objects: Objects) -> tuple[list, list[str]]:
             meshes, _ = reconstruct_objects(tsr.model, objects.crops, objects.crop_masks, run.settings.stage("lift3d"),
                                             names=names, callback=cb)
         _offload(tsr)
-    return meshes, names
+    return Lifted(meshes, names)
 
 
-def init_pose_stage(run: Run, image: torch.Tensor, layout, meshes: list, names: list[str]):
+def init_pose_stage(run: Run, image: torch.Tensor, layout, lifted: Lifted):
     """InitPose: the reference camera, depth (optional), the starting :class:`~.scene.Scene`."""
     from .init_pose import init_poses, reference_camera
     from .layout import layout_meta
@@ -190,9 +213,9 @@ def init_pose_stage(run: Run, image: torch.Tensor, layout, meshes: list, names: 
             disparity = estimate_disparity(dmodel, image.to(run.device))  # [H, W] in [0, 1], 1 = near
             run.models_used["depth"] = {"kind": "Depth Anything (relative disparity)", "file": str(s.depth)}
             _offload(dmodel)
-        poses = init_poses(meshes, layout, camera, disparity, s.stage("init"))
-        return Scene([SceneObject(n, m.to(run.device), p) for n, m, p in zip(names, meshes, poses)], camera,
-                     meta=layout_meta(layout))
+        poses = init_poses(lifted.meshes, layout, camera, disparity, s.stage("init"))
+        return Scene([SceneObject(n, m.to(run.device), p) for n, m, p in zip(lifted.names, lifted.meshes, poses)],
+                     camera, meta=layout_meta(layout))
 
 
 def refine_stage(run: Run, image: torch.Tensor, layout, start):
@@ -325,12 +348,14 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
         remove_stale_temporaries(p)  # left by a run that was killed while writing
     image, box_t, phrases = inputs.image, inputs.boxes, inputs.phrases
     if box_t is None:
-        box_t, phrases = detect_stage(run, image, phrases)
+        found = detect_stage(run, image, phrases)
+        box_t, phrases = found.boxes, found.phrases
         run.settings = replace(settings, phrases=json.dumps(list(phrases)))
     t_all = time.perf_counter()
-    objects = segment_and_inpaint_stage(run, image, box_t, phrases)
-    meshes, names = lift3d_stage(run, objects)
-    start = init_pose_stage(run, image, objects.layout, meshes, names)
+    objects, sam = segment_stage(run, image, box_t, phrases)
+    objects = inpaint_stage(run, image, objects, sam)
+    del sam
+    start = init_pose_stage(run, image, objects.layout, lift3d_stage(run, objects))
     result = refine_stage(run, image, objects.layout, start)
     contents = export_stage(run, result.scene, image_path, tuple(image.shape[:2]))
     run.seconds["total"] = time.perf_counter() - t_all

@@ -128,7 +128,8 @@ def find_models(settings: PipelineSettings) -> dict[str, Path | None]:
         if not files:
             raise FileNotFoundError(f"Inpaint (SD inpainting): no checkpoint in {ckpts}; {inpaint_hint}")
         found["inpaint"] = files[0]
-    lift_hint = f"put TripoSR's model.ckpt (and optionally its config.yaml) in the folder {tsr}, or give it with --lift3d FILE"
+    lift_hint = (f"put TripoSR's model.ckpt (and optionally its config.yaml) in the folder {tsr}, or give it with "
+                 "--lift3d FILE")
     if settings.lift3d:
         found["lift3d"] = given(settings.lift3d, "Lift3D (TripoSR)", "--lift3d", lift_hint)
     else:
