@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from comboverse_ops.app.batch import (BatchSettings, OutputFolder, WorkerPool, read_manifest, run_scenes,  # noqa: E402
                                   start_ray, write_procedural_manifest)
-from comboverse_ops.app.pipeline import PipelineSettings  # noqa: E402
+from comboverse_ops.app.pipeline import PipelineSettings, with_settings  # noqa: E402
 from stand_ins import substitution_notes  # noqa: E402
 
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        settings = PipelineSettings(refine_steps=steps, preview_size=min(256, size))
+        settings = with_settings(PipelineSettings(preview_size=min(256, size)), {"refine.steps": steps})
         if real:
             from pipeline import write_models
 
@@ -122,8 +122,9 @@ def main(argv=None) -> int:
                                guidance=None if args.no_guidance else str(files["guidance"]),
                                guidance_config=_str(files.get("guidance_config")), depth=_str(files.get("depth")))
             if args.tiny:  # as benchmarks/pipeline.py --tiny: seconds on 2 CPU cores
-                settings = replace(settings, inpaint_steps=2, inpaint_resolution=64, mc_resolution=32,
-                                   refine_resolution=32, ssds_views=2, ssds_resolution=32, preview_size=64)
+                settings = with_settings(settings, dict(inpaint_steps=2, inpaint_resolution=64, mc_resolution=32,
+                                                        refine_resolution=32, ssds_views=2, ssds_resolution=32,
+                                                        preview_size=64))
         base = write_procedural_manifest(root / "scenes.jsonl", args.scenes_per_worker, objects=objects,
                                          image_size=size, log=lambda *a: None)
         cpw = args.cpus_per_worker or (None if gpu else 1)

@@ -41,7 +41,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import fields, replace
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -51,7 +51,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_models: the tests' builders for the real file formats
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from comboverse_ops.app.pipeline import PipelineSettings, run_pipeline  # noqa: E402
+from comboverse_ops.app.pipeline import LEGACY_NAMES, PipelineSettings, run_pipeline, with_settings  # noqa: E402
+from comboverse_ops.settings import get_path  # noqa: E402
+
+# Every numeric setting by its flat name (run fields, and the stage settings' old flat names): type.
+NUMERIC = {f.name: {"int": int, "float": float}[f.type] for f in fields(PipelineSettings) if f.type in ("int", "float")}
+NUMERIC |= {old: type(get_path(PipelineSettings().stages, new)) for old, new in LEGACY_NAMES.items()}
+
+
+def _get(settings: PipelineSettings, name: str):
+    return get_path(settings.stages, LEGACY_NAMES[name]) if name in LEGACY_NAMES else getattr(settings, name)
 from stand_ins import substitute_trained_outputs  # noqa: E402
 
 GOAL_SECONDS, GOAL_GB = 60.0, 12.0
@@ -284,12 +293,12 @@ def main(argv=None) -> int:
                          "file of this benchmark gets this invocation appended, so two runs are kept side by side")
     ap.add_argument("--also", action="append", default=[], metavar="FIELD=VALUE[,FIELD=VALUE]",
                     help="one more (warm) run with these settings changed, e.g. --also ssds_views=4; repeatable")
+    ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE[,PATH=VALUE]",
+                    help="settings of every run, by dotted path, e.g. --set refine.guided_steps=120,inpaint.scheduler=model")
     ap.add_argument("--reuse-models", action="store_true",
                     help="with --models: use the files already there (written by an earlier invocation)")
-    for f in fields(PipelineSettings):  # every numeric or text setting of the run, e.g. --ssds-views 4
-        if f.type in ("int", "float", "str"):
-            ap.add_argument("--" + f.name.replace("_", "-"), type={"int": int, "float": float, "str": str}[f.type],
-                            default=None)
+    for name, t in NUMERIC.items():  # every numeric setting of the run, e.g. --ssds-views 4
+        ap.add_argument("--" + name.replace("_", "-"), type=t, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -308,18 +317,20 @@ def main(argv=None) -> int:
         from comboverse_ops.meshio.atomic import save_png_atomic
         image_path = save_png_atomic(Path(tmp) / "three_objects.png", image)
         notes = substitute_trained_outputs(masks, (size, size))
-        overrides = {f.name: getattr(args, f.name) for f in fields(PipelineSettings)
-                     if f.type in ("int", "float", "str") and getattr(args, f.name) is not None}
+        overrides = {name: getattr(args, name) for name in NUMERIC if getattr(args, name) is not None}
+        for spec in args.set:
+            overrides |= parse_also(spec)
         settings = PipelineSettings(models_dir=str(root), device=str(device), prompt=prompt,
                                     inpaint=str(files["inpaint"]), inpaint_config=_str(files.get("inpaint_config")),
                                     guidance=None if args.no_guidance else str(files["guidance"]),
                                     guidance_config=_str(files.get("guidance_config")),
                                     depth=_str(files.get("depth")), phrases="a red box; a blue box; a green ball")
         if args.tiny:  # small enough for 2 CPU cores in seconds
-            settings = replace(settings, inpaint_steps=2, inpaint_resolution=64, mc_resolution=32, refine_steps=3,
-                               refine_resolution=32, ssds_views=2, ssds_resolution=32, preview_size=64)
-        settings = replace(settings, **overrides)
-        print("settings: " + ", ".join(f"{k}={getattr(settings, k)}" for k in (
+            settings = with_settings(settings, dict(inpaint_steps=2, inpaint_resolution=64, mc_resolution=32,
+                                                    refine_steps=3, refine_resolution=32, ssds_views=2,
+                                                    ssds_resolution=32, preview_size=64))
+        settings = with_settings(settings, overrides)
+        print("settings: " + ", ".join(f"{k}={_get(settings, k)}" for k in (
             "inpaint_steps", "inpaint_resolution", "mc_resolution", "max_faces", "refine_steps",
             "refine_resolution", "ssds_views", "ssds_resolution")) + f", depth={args.depth}, "
               f"guidance={'off' if args.no_guidance else 'SD 1.5'}")
@@ -328,7 +339,7 @@ def main(argv=None) -> int:
         for k, spec in enumerate(args.also):
             changed = parse_also(spec)
             runs.append(run_once(",".join(f"{a}={b}" for a, b in changed.items()), image_path, boxes,
-                                 Path(tmp) / f"also{k}" / "scene.glb", replace(settings, **changed), device)
+                                 Path(tmp) / f"also{k}" / "scene.glb", with_settings(settings, changed), device)
                         | {"changed": changed})
     print()
     print_table(runs, device)
@@ -355,7 +366,7 @@ def write_json(path: Path, device_name: str, settings: PipelineSettings, runs: l
     record = {"device": device_name, "torch": torch.__version__, "cuda": torch.version.cuda,
               "diffusers": diffusers.__version__, "transformers": transformers.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "settings": {k: v for k, v in settings.__dict__.items() if k not in (
+              "settings": {k: v for k, v in asdict(settings).items() if k not in (
                   "models_dir", "inpaint", "inpaint_config", "guidance", "guidance_config", "depth", "sam", "lift3d",
                   "detect")},
               "substituted": notes, "runs": [run_record(r) for r in runs]}
@@ -367,15 +378,22 @@ def write_json(path: Path, device_name: str, settings: PipelineSettings, runs: l
 
 
 def parse_also(spec: str) -> dict:
-    """``"ssds_views=4,refine_steps=100"`` -> typed PipelineSettings changes."""
-    types = {f.name: f.type for f in fields(PipelineSettings)}
+    """``"ssds_views=4,refine.guided_steps=100"`` -> typed changes: a run field or old flat name
+    (:data:`NUMERIC`), or any stage setting by its dotted path (typed like its default)."""
     out = {}
     for item in spec.split(","):
         key, _, value = item.partition("=")
         key = key.strip().replace("-", "_")
-        if key not in types:
-            raise SystemExit(f"--also: {key!r} is not a PipelineSettings field; expected one of {sorted(types)}")
-        out[key] = int(value) if types[key] == "int" else float(value) if types[key] == "float" else value
+        if key in NUMERIC:
+            out[key] = NUMERIC[key](value)
+            continue
+        try:
+            default = get_path(PipelineSettings().stages, key)
+        except AttributeError:
+            raise SystemExit(f"--also/--set: {key!r} is neither a setting's dotted path (e.g. refine.guided_steps) "
+                             f"nor one of {sorted(NUMERIC)}") from None
+        kind = type(default)
+        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else value if default is None else kind(value)
     return out
 
 

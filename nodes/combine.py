@@ -7,7 +7,6 @@ from dataclasses import replace
 import torch
 
 from ..comboverse_ops.compose.init_pose import (
-    DEPTH_KINDS,
     InitSettings,
     depth_from_image,
     init_poses,
@@ -15,17 +14,17 @@ from ..comboverse_ops.compose.init_pose import (
 )
 from ..comboverse_ops.types.layout import layout_meta
 from ..comboverse_ops.compose.refine import (
-    PARAMETERIZATIONS,
     LossWeights,
     RefineSettings,
     RefineTargets,
     refine_poses,
 )
-from ..comboverse_ops.render import BACKENDS, render_scene
+from ..comboverse_ops.render import render_scene
 from ..comboverse_ops.types.scene import Scene, SceneObject, object_names
 from ..comboverse_ops.guidance.ssds import SSDSGuidance, SSDSSettings
 from . import host
 from .host import GUIDANCE_MODEL, LAYOUT, MESHES, SCENE, Progress
+from .widgets import settings_widgets, widget
 
 
 def _reference_image(image: torch.Tensor, what: str = "reference_image") -> torch.Tensor:
@@ -53,23 +52,20 @@ class InitPose:
     RETURN_NAMES = ("scene", "preview")
     OUTPUT_TOOLTIPS = ("Objects with initial poses and the reference camera.",
                        "The initial composition seen from the reference camera.")
+    SETTINGS = {"fov_deg": "camera.fov_deg", "elevation_deg": "camera.elevation_deg", "depth_kind": "init.depth_kind"}
 
     @classmethod
     def INPUT_TYPES(cls):
+        w = settings_widgets(cls.SETTINGS)
         return {
             "required": {
                 "meshes": (MESHES, {"tooltip": "One mesh per object in the canonical frame (Lift3D, or Meshes From "
                                                "MESH), in the layout's order."}),
                 "layout": (LAYOUT, {"tooltip": "Boxes, phrases and masks of the objects (Segment)."}),
                 "reference_image": ("IMAGE", {"tooltip": "The source picture the layout was made on."}),
-                "fov_deg": ("FLOAT", {"default": 40.0, "min": 5.0, "max": 120.0, "step": 0.5,
-                                      "tooltip": "Vertical field of view of the camera that took the picture."}),
-                "elevation_deg": ("FLOAT", {"default": -15.0, "min": -89.0, "max": 89.0, "step": 0.5,
-                                            "tooltip": "Camera elevation, kiui's convention: NEGATIVE looks down "
-                                                       "from above (-15 = a table seen from slightly above)."}),
-                "depth_kind": (list(DEPTH_KINDS), {"default": "disparity",
-                                                   "tooltip": "What the depth map holds: disparity (bright = near; "
-                                                              "Depth Anything, MiDaS) or depth (bright = far)."}),
+                "fov_deg": w["fov_deg"],
+                "elevation_deg": w["elevation_deg"],
+                "depth_kind": w["depth_kind"],
             },
             "optional": {
                 "depth_map": ("IMAGE", {"tooltip": "Any depth node's output for the reference image. Resized to "
@@ -106,34 +102,32 @@ class SSDSRefine:
     RETURN_TYPES = (SCENE, "IMAGE")
     RETURN_NAMES = ("scene", "preview")
     OUTPUT_TOOLTIPS = ("The scene with refined poses.", "The refined scene seen from the reference camera.")
+    SETTINGS = {
+        "steps": "refine.steps", "parameterization": "refine.parameterization",
+        "silhouette_weight": "refine.weights.silhouette", "penetration_weight": "refine.weights.penetration",
+        "support_weight": "refine.weights.support", "resolution": "refine.resolution", "backend": "refine.backend",
+        "prompt": "ssds.prompt", "ssds_weight": "refine.weights.guidance", "cfg_scale": "ssds.guidance_scale",
+        "views_per_step": "ssds.views", "t_min": "ssds.t_range:t_min", "t_max": "ssds.t_range:t_max",
+        "reweight_factor": "ssds.reweight", "ssds_resolution": "ssds.render_resolution", "seed": "ssds.seed",
+        "guided_steps": "refine.guided_steps", "guidance_every": "refine.guidance_every",
+        "stop_tolerance": "refine.stop_tolerance",
+    }
 
     @classmethod
     def INPUT_TYPES(cls):
-        d = RefineSettings()
-        w = LossWeights()
-        g = SSDSSettings()
+        w = settings_widgets(cls.SETTINGS)
         return {
             "required": {
                 "scene": (SCENE, {"tooltip": "From InitPose."}),
                 "reference_image": ("IMAGE", {"tooltip": "The source picture (same as InitPose's)."}),
                 "layout": (LAYOUT, {"tooltip": "From Segment: its masks say which pixels belong to which object."}),
-                "steps": ("INT", {"default": d.steps, "min": 0, "max": 5000,
-                                  "tooltip": "Optimisation steps."}),
-                "parameterization": (list(PARAMETERIZATIONS), {"default": d.parameterization,
-                                     "tooltip": "ray: depth slides each object along its viewing ray (keeps the "
-                                                "reference view; physics decides depth). camera: the paper's."}),
-                "silhouette_weight": ("FLOAT", {"default": w.silhouette, "min": 0.0, "max": 1e6, "step": 10.0,
-                                                "tooltip": "Pull of each object towards its mask from any "
-                                                           "distance (0 = off)."}),
-                "penetration_weight": ("FLOAT", {"default": w.penetration, "min": 0.0, "max": 1e8, "step": 1000.0,
-                                                 "tooltip": "Penalty on objects reaching into each other (0 = off)."}),
-                "support_weight": ("FLOAT", {"default": w.support, "min": 0.0, "max": 1e8, "step": 1000.0,
-                                             "tooltip": "Pull of each object onto the ground or the object under "
-                                                        "it (0 = off; off for floating things)."}),
-                "resolution": ("INT", {"default": d.resolution, "min": 32, "max": 1024, "step": 16,
-                                       "tooltip": "Longer side of the reference render, in pixels."}),
-                "backend": (list(BACKENDS), {"default": "auto",
-                                             "tooltip": "Renderer: auto uses nvdiffrast on a GPU where installed."}),
+                "steps": w["steps"],
+                "parameterization": w["parameterization"],
+                "silhouette_weight": w["silhouette_weight"],
+                "penetration_weight": w["penetration_weight"],
+                "support_weight": w["support_weight"],
+                "resolution": w["resolution"],
+                "backend": w["backend"],
             },
             "optional": {
                 "masks": ("MASK", {"tooltip": "Per-object masks [N,H,W] to use instead of the layout's "
@@ -142,33 +136,18 @@ class SSDSRefine:
                                                                "add spatially-aware score distillation (SSDS) from "
                                                                "novel views; without it only the reference view "
                                                                "and the physics terms are fitted."}),
-                "prompt": ("STRING", {"multiline": True, "default": "",
-                                      "tooltip": "States the relation, e.g. 'a teddy bear (sitting on:25) a chair'. "
-                                                 "Words in (words:factor) get their cross-attention multiplied by "
-                                                 "factor; with nothing marked, relation words (on, under, behind, "
-                                                 "in front of, riding, ...) are found automatically."}),
-                "ssds_weight": ("FLOAT", {"default": w.guidance, "min": 0.0, "max": 1e6, "step": 0.1,
-                                          "tooltip": "lambda_SSDS (paper: 1). 0 switches the guidance off."}),
-                "cfg_scale": ("FLOAT", {"default": g.guidance_scale, "min": 0.0, "max": 200.0, "step": 0.5,
-                                        "tooltip": "Classifier-free guidance scale of the score distillation "
-                                                   "(100: DreamFusion's and the re-implementation's)."}),
-                "views_per_step": ("INT", {"default": g.views, "min": 1, "max": 64,
-                                           "tooltip": "Novel views rendered per step (paper: 10). 4 guided layouts "
-                                                      "as well as 10 within noise on 40 benchmark scenes "
-                                                      "(docs/ssds_effect.md) and keep a 200-step refine near 30 s "
-                                                      "on an H200 within 12 GB; 10 take 2.6x as long."}),
-                "t_min": ("FLOAT", {"default": g.t_range[0], "min": 0.02, "max": 0.98, "step": 0.01,
-                                    "tooltip": "Lowest diffusion time, fraction of T (paper: 0.8)."}),
-                "t_max": ("FLOAT", {"default": g.t_range[1], "min": 0.02, "max": 0.98, "step": 0.01,
-                                    "tooltip": "Highest diffusion time, fraction of T (paper: 0.9)."}),
-                "reweight_factor": ("FLOAT", {"default": g.reweight, "min": 0.01, "max": 1000.0, "step": 0.5,
-                                              "tooltip": "Default attention multiplier c of the spatial words "
-                                                         "(paper: 25; 1 = plain SDS)."}),
-                "ssds_resolution": ("INT", {"default": g.render_resolution, "min": 64, "max": 1024, "step": 32,
-                                            "tooltip": "Render size of the novel views (upsampled to the model's "
-                                                       "512 or 768)."}),
-                "seed": ("INT", {"default": g.seed, "min": 0, "max": 2**63 - 1,
-                                 "tooltip": "Seed of the novel views, timesteps and noise."}),
+                "prompt": widget("ssds.prompt", multiline=True),
+                "ssds_weight": w["ssds_weight"],
+                "cfg_scale": w["cfg_scale"],
+                "views_per_step": w["views_per_step"],
+                "t_min": w["t_min"],
+                "t_max": w["t_max"],
+                "reweight_factor": w["reweight_factor"],
+                "ssds_resolution": w["ssds_resolution"],
+                "seed": w["seed"],
+                "guided_steps": w["guided_steps"],
+                "guidance_every": w["guidance_every"],
+                "stop_tolerance": w["stop_tolerance"],
             },
         }
 
@@ -179,7 +158,8 @@ class SSDSRefine:
                ssds_weight=LossWeights.guidance, cfg_scale=SSDSSettings.guidance_scale,
                views_per_step=SSDSSettings.views, t_min=SSDSSettings.t_range[0], t_max=SSDSSettings.t_range[1],
                reweight_factor=SSDSSettings.reweight, ssds_resolution=SSDSSettings.render_resolution,
-               seed=SSDSSettings.seed):
+               seed=SSDSSettings.seed, guided_steps=RefineSettings.guided_steps,
+               guidance_every=RefineSettings.guidance_every, stop_tolerance=RefineSettings.stop_tolerance):
         image = _reference_image(reference_image)
         masks = masks if masks is not None else layout.masks
         if masks is None:
@@ -193,8 +173,9 @@ class SSDSRefine:
                              "e.g. 'a teddy bear (sitting on:25) a chair', because a guidance_model is connected "
                              "(score distillation needs it); got an empty prompt. Type the relation into 'prompt', "
                              "or disconnect or bypass the guidance model (or set ssds_weight 0) to refine without it")
-        settings = RefineSettings(steps=steps, resolution=resolution, parameterization=parameterization,
-                                  backend=backend, weights=replace(LossWeights(), silhouette=silhouette_weight,
+        settings = RefineSettings(steps=steps, guided_steps=guided_steps, guidance_every=guidance_every,
+                                  stop_tolerance=stop_tolerance, resolution=resolution,
+                                  parameterization=parameterization, backend=backend, weights=replace(LossWeights(), silhouette=silhouette_weight,
                                                                    penetration=penetration_weight,
                                                                    support=support_weight,
                                                                    guidance=ssds_weight if use_guidance else 0.0))
@@ -215,7 +196,7 @@ class SSDSRefine:
                 raise ValueError(f"ComboVerse SSDSRefine: {e}") from None
         try:
             result = refine_poses(scene, RefineTargets.from_masks(image, masks.float()), settings,
-                                  callback=Progress(max(1, steps)), guidance=guidance)
+                                  callback=Progress(max(1, settings.steps_for(use_guidance))), guidance=guidance)
         finally:
             if guidance is not None:
                 guidance.close()  # ComfyUI's cached model goes back as it was found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import host
 from .segment import single_image
+from .widgets import widget
 
 DETECTOR = "COMBOVERSE_DETECTOR"  # comboverse_ops.decompose.detect.Detector
 DETECTOR_FOLDER = "detectors"  # models/detectors/<name>/: save_pretrained folders (OWLv2, OWL-ViT)
@@ -48,19 +49,17 @@ class Detect:
                        "in pixels (core BOUNDING_BOX, one list for the one image).",
                        "The phrases, one per line, in the boxes' order.")
 
+    SETTINGS = {"threshold": "detect.threshold"}
+
     @classmethod
     def INPUT_TYPES(cls):
-        from ..comboverse_ops.decompose.detect import DetectSettings
-
         return {"required": {
             "detector": (DETECTOR, {"tooltip": "From ComboVerse Load Detector."}),
             "image": ("IMAGE", {"tooltip": "The picture (one image; the one given to Segment)."}),
             "phrases": ("STRING", {"multiline": True, "default": "",
                                    "tooltip": "One object per line, e.g. 'a teddy bear' and 'a chair'. Each gets "
                                               "its own box."}),
-            "threshold": ("FLOAT", {"default": DetectSettings().threshold, "min": 0.0, "max": 1.0, "step": 0.01,
-                                    "tooltip": "Lowest score a phrase's box may have; below it the run stops and "
-                                               "names the phrase (lower it, or reword the phrase)."}),
+            "threshold": widget("detect.threshold"),
         }}
 
     def detect(self, detector, image, phrases, threshold):

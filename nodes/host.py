@@ -202,10 +202,10 @@ class Progress:
 # ----------------------------------------------------------------------------------------------
 # Model folders, devices and ComfyUI's memory manager (Segment / Inpaint loaders)
 
-SAM_FOLDER = "sams"  # models/sams: where ComfyUI users already keep SAM .pth files (Impact Pack uses it too)
-TRIPOSR_FOLDER = "triposr"  # models/triposr: TripoSR's model.ckpt (+ optionally its config.yaml)
+from ..comboverse_ops.models.folders import SAM_FOLDER, TRIPOSR_FOLDER, WEIGHT_SUFFIXES, default_models_dir  # noqa: E402
+
 PACK_FOLDERS = (SAM_FOLDER, TRIPOSR_FOLDER)  # model folders this pack adds to ComfyUI's
-_PT_EXTENSIONS = {".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".sft"}
+_PT_EXTENSIONS = set(WEIGHT_SUFFIXES)
 
 
 def _folder_paths():
@@ -226,7 +226,7 @@ def models_directory() -> Path:
     fp = _folder_paths()
     if fp is not None:
         return Path(fp.models_dir)
-    return Path(os.environ.get("COMBOVERSE_MODELS_DIR", "models")).resolve()
+    return default_models_dir().resolve()
 
 
 def register_model_folders() -> None:

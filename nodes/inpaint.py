@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
+from ..comboverse_ops.decompose.inpaint import InpaintSettings
 from . import host
 from .host import INPAINT_MODEL, LAYOUT, SAM_MODEL
-from .segment import _RECENTER_INPUTS, recenter_settings, single_image
+from .segment import _RECENTER_INPUTS, RECENTER_SETTINGS, recenter_settings, single_image
+from .widgets import settings_widgets, widget
 
-_RESEGMENT = ("auto", "sam", "background_distance")
-
-_SEED = ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
-                 "tooltip": "Seed of the noise and of the sampler; object i uses seed + i. Same seed, same result."})
-_RESOLUTION = ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
-                       "tooltip": "Side of each object's inpainting window (SD 1.5/2 inpainting: 512)."})
-_RESEGMENT_INPUT = (list(_RESEGMENT), {"default": "auto",
-                                       "tooltip": "How the completed object is cut out again: 'sam' (SAM with its "
-                                                  "box on the completed image), 'background_distance' (repainted "
-                                                  "pixels unlike the painted background), 'auto' (SAM when "
-                                                  "connected)."})
+_SEED = widget("inpaint.seed")
+_RESOLUTION = widget("inpaint.resolution")
+_RESEGMENT_INPUT = widget("inpaint.resegment")
 _SAM_INPUT = (SAM_MODEL, {"tooltip": "Optional, from ComboVerse Load SAM: re-segments completed objects."})
-
-
-def _settings(**kw):
-    from ..comboverse_ops.decompose.inpaint import InpaintSettings
-
-    return InpaintSettings(**kw)
+_settings = InpaintSettings
 
 
 class Inpaint:
@@ -41,28 +30,30 @@ class Inpaint:
                        "The inpaint masks (box and not object; empty for objects that pass through), [N,R,R].",
                        "The windows after inpainting, [N,R,R,3].")
 
+    SETTINGS = {"seed": "inpaint.seed", "steps": "inpaint.steps", "guidance": "inpaint.guidance_scale",
+                "prompt": "inpaint.prompt", "use_phrases": "inpaint.use_phrases", "resolution": "inpaint.resolution",
+                "resegment": "inpaint.resegment", **RECENTER_SETTINGS, "negative_prompt": "inpaint.negative_prompt"}
+
     @classmethod
     def INPUT_TYPES(cls):
+        w = settings_widgets(cls.SETTINGS)
         return {
             "required": {
                 "inpaint_model": (INPAINT_MODEL, {"tooltip": "From ComboVerse Load Inpaint Model."}),
                 "image": ("IMAGE", {"tooltip": "The picture that was segmented (one image)."}),
                 "layout": (LAYOUT, {"tooltip": "Segment's layout: boxes, phrases and visible masks."}),
                 "seed": _SEED,
-                "steps": ("INT", {"default": 30, "min": 1, "max": 200, "tooltip": "Sampling steps (paper: 30)."}),
-                "guidance": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1,
-                                       "tooltip": "Classifier-free guidance scale (paper: 7.5)."}),
-                "prompt": ("STRING", {"default": "a complete 3D model",
-                                      "tooltip": "Prompt for every object (paper: 'a complete 3D model')."}),
-                "use_phrases": ("BOOLEAN", {"default": True,
-                                            "tooltip": "Append 'of <phrase>' with the object's phrase from Segment."}),
+                "steps": w["steps"],
+                "guidance": w["guidance"],
+                "prompt": w["prompt"],
+                "use_phrases": w["use_phrases"],
                 "resolution": _RESOLUTION,
                 "resegment": _RESEGMENT_INPUT,
                 **_RECENTER_INPUTS,
             },
             "optional": {
                 "sam": _SAM_INPUT,
-                "negative_prompt": ("STRING", {"default": "", "tooltip": "Optional negative prompt (paper: none)."}),
+                "negative_prompt": w["negative_prompt"],
             },
         }
 
@@ -105,8 +96,7 @@ class InpaintPrepare:
             "layout": (LAYOUT, {"tooltip": "Segment's layout: boxes, phrases and visible masks."}),
             "seed": _SEED,
             "resolution": _RESOLUTION,
-            "prompt": ("STRING", {"default": "a complete 3D model",
-                                  "tooltip": "Prompt; each object's phrase is appended as 'of <phrase>'."}),
+            "prompt": widget("inpaint.prompt", tooltip="Prompt; each object's phrase is appended as 'of <phrase>'."),
         }}
 
     def prepare(self, image, layout, seed, resolution, prompt):

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from ..comboverse_ops.meshio.decimate import MAX_FACES
-from ..comboverse_ops.lift3d.preprocess import FOREGROUND_RATIO
 from ..comboverse_ops.meshio.frames import AXES
+from ..comboverse_ops.lift3d.reconstruct import Lift3DSettings
 from ..comboverse_ops.models.precision import PRECISION_TOOLTIP, PRECISIONS, model_dtype
 from . import host
 from .host import LIFT3D_MODEL, MESHES
+from .widgets import settings_widgets, widget
 
 _FRONT_TIP = ("Which axis of the source mesh the object's front faces. The pack's frame has the front on +Z "
               "(what the reference camera sees) and +Y up. Most glTF exports (Hunyuan3D, TRELLIS): +Z; if the "
               "object ends up facing away in the preview, try -Z (or ±X for side-facing exports).")
 _UP_TIP = "Which axis of the source mesh points up: +Y for glTF/GLB (and most generators), +Z for many OBJ/PLY."
-_MAX_FACES_TIP = ("Decimate each object to at most this many faces (ComboVerse: 50,000); 0 keeps every face. "
-                  "Fewer faces make the combination stage faster.")
 _APPEND_TIP = ("Optional: object meshes made by other nodes; these objects are appended after them, in order "
                "(a clashing name gets _2, _3 ...).")
 
@@ -79,44 +77,39 @@ class Lift3D:
     OUTPUT_TOOLTIPS = ("One mesh per crop, in the pack's object frame, for ComboVerse InitPose.",
                        "What the model saw for each object: re-centred crops on grey [B,S,S,3].")
 
+    SETTINGS = {"resolution": "lift3d.resolution", "density_threshold": "lift3d.density_threshold",
+                "max_faces": "lift3d.max_faces", "foreground_ratio": "lift3d.foreground_ratio",
+                "vertex_colors": "lift3d.vertex_colors", "query_chunk": "lift3d.query_chunk"}
+
     @classmethod
     def INPUT_TYPES(cls):
+        w = settings_widgets(cls.SETTINGS)
         return {
             "required": {
                 "lift3d_model": (LIFT3D_MODEL, {"tooltip": "From 'ComboVerse Load Lift3D Model'."}),
                 "images": ("IMAGE", {"tooltip": "Object crops, one per object (batch), e.g. the inpainted crops from "
                                                 "ComboVerse Inpaint."}),
-                "resolution": ("INT", {"default": 256, "min": 32, "max": 1024, "step": 16,
-                                       "tooltip": "Marching-cubes grid per axis (TripoSR default 256). Higher = finer "
-                                                  "surface, cubic cost."}),
-                "density_threshold": ("FLOAT", {"default": 25.0, "min": 0.01, "max": 1000.0, "step": 0.5,
-                                                "tooltip": "Density level of the surface (TripoSR default 25). Lower "
-                                                           "= fatter objects."}),
-                "max_faces": ("INT", {"default": MAX_FACES, "min": 0, "max": 2_000_000, "step": 1000,
-                                      "tooltip": _MAX_FACES_TIP}),
-                "foreground_ratio": ("FLOAT", {"default": FOREGROUND_RATIO, "min": 0.3, "max": 1.0, "step": 0.01,
-                                               "tooltip": "Object size relative to the image the model sees (TripoSR "
-                                                          f"default {FOREGROUND_RATIO})."}),
-                "vertex_colors": ("BOOLEAN", {"default": True, "tooltip": "Colour the vertices from the model; off "
-                                                                          "gives grey meshes."}),
+                "resolution": w["resolution"],
+                "density_threshold": w["density_threshold"],
+                "max_faces": w["max_faces"],
+                "foreground_ratio": w["foreground_ratio"],
+                "vertex_colors": w["vertex_colors"],
             },
             "optional": {
                 "masks": ("MASK", {"tooltip": "One mask per crop, 1 = object (as ComboVerse Segment/Inpaint give). "
                                               "A LoadImage mask is 1 - alpha: invert it first. Without masks the crops "
                                               "must already show the object centred on grey."}),
-                "query_chunk": ("INT", {"default": 262144, "min": 1024, "max": 16_777_216, "step": 1024,
-                                        "tooltip": "Points per decoder call: lower it if the GPU runs out of memory "
-                                                   "(same result, slower)."}),
+                "query_chunk": w["query_chunk"],
             },
         }
 
     def lift(self, lift3d_model, images, resolution, density_threshold, max_faces, foreground_ratio, vertex_colors,
-             masks=None, query_chunk=262144):
-        from ..comboverse_ops.lift3d.reconstruct import Lift3DSettings, reconstruct_objects
+             masks=None, query_chunk=Lift3DSettings.query_chunk):
+        from ..comboverse_ops.lift3d.reconstruct import reconstruct_objects
 
         settings = Lift3DSettings(resolution=resolution, density_threshold=density_threshold, max_faces=max_faces,
                                   foreground_ratio=foreground_ratio, vertex_colors=vertex_colors,
-                                  query_chunk=query_chunk).validate()
+                                  query_chunk=query_chunk)
         host.use_models([lift3d_model.model], memory_required=1 << 30)  # grid + decoder chunks, roughly
         meshes, cond = reconstruct_objects(lift3d_model.model, images, masks, settings,
                                            callback=host.Progress(images.shape[0]), check=host.check_cancel)
@@ -128,7 +121,7 @@ def _frame_inputs() -> dict:
     return {
         "front_axis": (list(AXES), {"default": "+Z", "tooltip": _FRONT_TIP}),
         "up_axis": (list(AXES), {"default": "+Y", "tooltip": _UP_TIP}),
-        "max_faces": ("INT", {"default": MAX_FACES, "min": 0, "max": 2_000_000, "step": 1000, "tooltip": _MAX_FACES_TIP}),
+        "max_faces": widget("lift3d.max_faces"),
     }
 
 

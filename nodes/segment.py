@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from ..comboverse_ops.decompose.crops import BACKGROUNDS, RecenterSettings
+from ..comboverse_ops.decompose.crops import RecenterSettings
 from . import host
 from .host import LAYOUT, SAM_MODEL
+from .widgets import settings_widgets
 
 BOX_TYPES = "BOUNDING_BOX,BOUNDING_BOXES"  # core's box types; ComfyUI accepts either on this socket
 
-_RECENTER_INPUTS = {
-    "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
-                          "tooltip": "Side of each object crop in pixels (TripoSR takes 512)."}),
-    "foreground_ratio": ("FLOAT", {"default": RecenterSettings.foreground_ratio, "min": 0.3, "max": 1.0,
-                                   "step": 0.01,
-                                   "tooltip": "Object's longer side / crop side (TripoSR's default "
-                                              f"{RecenterSettings.foreground_ratio})."}),
-    "background": (list(BACKGROUNDS), {"default": "grey",
-                                       "tooltip": "Canvas colour around the object: grey (TripoSR), white "
-                                                  "(Zero123-style models) or black."}),
-}
+RECENTER_SETTINGS = {"crop_size": "recenter.size", "foreground_ratio": "recenter.foreground_ratio",
+                     "background": "recenter.background"}
+_RECENTER_INPUTS = settings_widgets(RECENTER_SETTINGS)
 
 
 def recenter_settings(crop_size, foreground_ratio, background):
@@ -47,18 +40,18 @@ class Segment:
                        "Boxes, phrases and visible masks in source-image pixels, for Inpaint and InitPose.",
                        "The visible mask of each object in the source image, [N,H,W].")
 
+    SETTINGS = {"negative_points": "segment.negative_points", "auto_objects": "segment.auto_objects",
+                **RECENTER_SETTINGS}
+
     @classmethod
     def INPUT_TYPES(cls):
+        w = settings_widgets(cls.SETTINGS)
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": "The picture with several objects (one image). RGBA images: the "
                                                "alpha channel limits the masks to opaque pixels."}),
-                "negative_points": ("BOOLEAN", {"default": True,
-                                                "tooltip": "Tell SAM that the other objects' box centres are not "
-                                                           "this object (helps with touching objects)."}),
-                "auto_objects": ("INT", {"default": 3, "min": 1, "max": 16,
-                                         "tooltip": "Automatic mode only (no boxes, points or masks): how many of "
-                                                    "the most prominent objects to take, numbered left to right."}),
+                "negative_points": w["negative_points"],
+                "auto_objects": w["auto_objects"],
                 **_RECENTER_INPUTS,
             },
             "optional": {

@@ -276,7 +276,7 @@ def test_run_help_shows_the_defaults_of_numeric_flags(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for flag, default in (("--steps", "200"), ("--seed", "0"), ("--inpaint-steps", "30"), ("--fov", "40.0"),
                           ("--ssds-views", "4"), ("--max-faces", "50000"), ("--preview-size", "256")):
-        assert re.search(rf"{flag} \S+ .*?\(default: {default}\)", text), flag
+        assert re.search(rf"{flag} \S+ .*?\(default: {default}[;)]", text), flag
 
 
 

@@ -70,7 +70,7 @@ def test_scene_hash_follows_the_line_and_the_settings_but_not_the_device(tmp_pat
     from dataclasses import replace
 
     from comboverse_ops.app.batch import read_manifest, scene_hash
-    from comboverse_ops.app.pipeline import PipelineSettings
+    from comboverse_ops.app.pipeline import PipelineSettings, with_settings
 
     m = tmp_path / "m.jsonl"
     m.write_text(json.dumps({"image": "p.png", "boxes": [[0, 0, 5, 5]], "settings": {"seed": 1}}) + "\n")
@@ -78,7 +78,7 @@ def test_scene_hash_follows_the_line_and_the_settings_but_not_the_device(tmp_pat
     s = PipelineSettings()
     h = scene_hash(e, s, False)
     assert scene_hash(e, replace(s, device="cuda"), False) == h
-    assert scene_hash(e, replace(s, refine_steps=50), False) != h
+    assert scene_hash(e, with_settings(s, {"refine.steps": 50}), False) != h
     assert scene_hash(e, s, True) != h
     assert e.settings(s).seed == 1
 
@@ -180,7 +180,7 @@ def test_a_rerun_with_the_same_manifest_skips_every_finished_scene(four):
 
 def test_a_worker_killed_mid_scene_loses_nothing_and_writes_each_scene_once(ray_session, tmp_path):
     from comboverse_ops.app.batch import BatchSettings, run_batch, write_procedural_manifest
-    from comboverse_ops.app.pipeline import PipelineSettings
+    from comboverse_ops.app.pipeline import PipelineSettings, with_settings
 
     m = write_procedural_manifest(tmp_path / "m.jsonl", 4, objects=2, image_size=64, log=lambda *a: None)
     killed = []
@@ -192,7 +192,7 @@ def test_a_worker_killed_mid_scene_loses_nothing_and_writes_each_scene_once(ray_
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    result = run_batch(m, tmp_path / "out", PipelineSettings(refine_steps=3),
+    result = run_batch(m, tmp_path / "out", with_settings(PipelineSettings(), {"refine.steps": 3}),
                        BatchSettings(device="cpu", cpus_per_worker=1, stand_ins=True), on_event=on_event,
                        log=lambda *a: None)
     out = tmp_path / "out"
@@ -290,11 +290,11 @@ def test_a_scene_out_of_device_memory_is_retried_on_another_worker(ray_session, 
     from functools import partial
 
     from comboverse_ops.app.batch import BatchSettings, run_batch, write_procedural_manifest
-    from comboverse_ops.app.pipeline import PipelineSettings
+    from comboverse_ops.app.pipeline import PipelineSettings, with_settings
 
     ray_session.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     m = write_procedural_manifest(tmp_path / "m.jsonl", 2, objects=2, image_size=48, log=lambda *a: None)
-    result = run_batch(m, tmp_path / "out", PipelineSettings(refine_steps=2),
+    result = run_batch(m, tmp_path / "out", with_settings(PipelineSettings(), {"refine.steps": 2}),
                        BatchSettings(device="cpu", cpus_per_worker=1, stand_ins=True),
                        setup=partial(_oom_once, str(tmp_path / "oom_happened")), log=lambda *a: None)
     rows = {r["id"]: r for r in result.rows}

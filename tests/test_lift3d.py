@@ -292,7 +292,7 @@ def test_an_empty_mask_or_a_blank_crop_is_a_clear_error(tiny_model):
     with pytest.raises(ValueError, match="never reaches density_threshold 25"):
         reconstruct_objects(tiny_model, images, torch.ones(2, 32, 32), Lift3DSettings(resolution=16))
     with pytest.raises(ValueError, match="Lift3D resolution"):
-        Lift3DSettings(resolution=4).validate()
+        Lift3DSettings(resolution=4)
 
 
 def test_lift3d_nodes_load_the_model_from_the_model_folder_and_make_meshes(pack, tmp_path, monkeypatch):

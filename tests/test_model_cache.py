@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -70,4 +71,5 @@ def test_one_precision_policy_for_every_loader_and_the_cli():
             assert "torch.float16 if" not in text, f"{path.name} decides a model's dtype itself; use model_dtype"
     import comboverse_ops.app.pipeline as pipeline
 
-    assert inspect.getsource(pipeline).count('model_dtype("auto", device)') >= 3  # TripoSR, detector, depth
+    # TripoSR, detector, depth
+    assert len(re.findall(r'model_dtype\("auto", (?:run\.)?device\)', inspect.getsource(pipeline))) >= 3

@@ -6,6 +6,7 @@ The tiny TripoSR's random density peaks near 1, far below TripoSR's iso level 25
 pass ``--density-threshold 0.5`` (as tests/test_lift3d.py does); no result is faked.
 """
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -168,27 +169,35 @@ def test_the_full_pipeline_workflow_run_node_by_node_gives_the_cli_poses(setup, 
     inpaint = next(p for p in (models / "checkpoints").glob("*.safetensors") if "inpainting" in p.name)
 
     out = tmp_path / "cli" / "scene.glb"
-    assert main(["run", str(setup["image"]), "--boxes", setup["boxes"], "--phrases", setup["phrases"],
-                 "--prompt", setup["prompt"], "--models", str(models), "--out", str(out),
-                 "--inpaint", str(inpaint), "--inpaint-config", str(setup["inpaint_cfg"]),
-                 "--guidance", str(guidance), "--guidance-config", str(setup["guidance_cfg"])] + FAST) == 0
+    argv = [str(setup["image"]), "--boxes", setup["boxes"], "--phrases", setup["phrases"],
+            "--prompt", setup["prompt"], "--models", str(models), "--out", str(out),
+            "--inpaint", str(inpaint), "--inpaint-config", str(setup["inpaint_cfg"]),
+            "--guidance", str(guidance), "--guidance-config", str(setup["guidance_cfg"])] + FAST
+    assert main(["run"] + argv) == 0
     cli = json.loads((out.parent / "scene_report.json").read_text())["objects"]
 
     monkeypatch.setenv("COMBOVERSE_MODELS_DIR", str(models))
     prompt = json.loads((ROOT / "workflows" / "api" / "full_pipeline.json").read_text())
-    settings = {  # the values FAST gives the CLI, and the CLI's inputs
+    settings = {  # the CLI's inputs; its settings below
         "ComboVerseLoadSAM": {"sam_name": "sam_tiny.pth"},
         # the CLI's boxes and phrases, drawn in ComboVerse Boxes as a user would
         "ComboVerseBoxes": {"boxes": json.dumps([
             {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0, "label": phrase}
             for (x0, y0, x1, y1), phrase in zip(json.loads(setup["boxes"]), json.loads(setup["phrases"]))])},
         "ComboVerseLoadInpaintModel": {"ckpt_name": inpaint.name, "config_dir": str(setup["inpaint_cfg"])},
-        "ComboVerseInpaint": {"steps": 2, "resolution": 64},
-        "ComboVerseLift3D": {"resolution": 24, "density_threshold": 0.5, "max_faces": 400},
         "ComboVerseLoadGuidanceModel": {"ckpt_name": guidance.name, "config_dir": str(setup["guidance_cfg"])},
-        "ComboVerseSSDSRefine": {"steps": 3, "resolution": 48, "prompt": setup["prompt"], "views_per_step": 1,
-                                 "ssds_resolution": 32},
     }
+    # Every settings widget of every stage node from the very settings objects the CLI ran with.
+    from comboverse_ops.app.cli import run_settings
+
+    stages = run_settings(argv).resolved()
+    widgets = importlib.import_module(f"{pack.__name__}.nodes.widgets")
+    for node in ("ComboVerseSegment", "ComboVerseInpaint", "ComboVerseLift3D", "ComboVerseInitPose",
+                 "ComboVerseSSDSRefine"):
+        values = widgets.widget_values(pack.NODE_CLASS_MAPPINGS[node].SETTINGS, stages)
+        assert values, node
+        settings[node] = settings.get(node, {}) | values
+    assert settings["ComboVerseSSDSRefine"]["views_per_step"] == 1 and settings["ComboVerseLift3D"]["resolution"] == 24
 
     def load_image(image):  # core LoadImage: IMAGE [1, H, W, 3] in [0, 1], MASK from the alpha
         rgb = load_image_hwc(setup["image"])

@@ -12,6 +12,8 @@ suffice on a CPU; the landscape and the loop are under test, not the paper's ste
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -117,7 +119,7 @@ def test_a_stand_in_guidance_moves_the_poses_to_its_known_optimum_where_the_refe
 
 def test_the_default_schedule_guides_every_second_step_of_its_own_budget_and_stops_once_nothing_moves():
     """What the speed defaults do (docs/pipeline_benchmark.md): with a guidance, ``guided_steps``
-    steps with guidance on every second one; without, ``steps`` at most, ending once no surface
+    steps (at most ``steps``) with guidance on every second one; without, ``steps`` at most, ending once no surface
     moved more than ``stop_tolerance`` of the camera distance over ``stop_window`` steps."""
     proc = make_procedural_scene(2, ProceduralSettings(min_objects=2, max_objects=2, image_size=64,
                                                        faces_per_object=200))
@@ -133,6 +135,8 @@ def test_the_default_schedule_guides_every_second_step_of_its_own_budget_and_sto
     result = refine_poses(proc.scene, targets, s, guidance=guidance, callback=lambda i, n, p: progress.append((i, n)))
     assert calls == list(range(0, 12, 2)) and result.steps == 12 and len(result.history) == 12
     assert progress[-1] == (12, 12)
+    calls.clear()  # fewer steps than guided_steps asked for: those
+    assert refine_poses(proc.scene, targets, replace(s, steps=5), guidance=guidance).steps == 5 and calls == [0, 2, 4]
 
     # From the true poses Adam's steps are small: a tolerance above what moved in the first
     # window ends the run at the first check, and the progress bar still reaches its end; a

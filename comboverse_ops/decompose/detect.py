@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..models.cache import MODEL_CACHE, ModelCache, ModelKey
+from ..settings import setting, settings_class
 
 __all__ = ["DetectSettings", "Detector", "Detection", "check_detector_folder", "load_detector", "detect_phrases"]
 
@@ -33,15 +34,15 @@ MODEL_TYPES = ("owlv2", "owlvit")  # transformers' open-vocabulary detectors wit
 _EXAMPLE = "owlv2-base-patch16-ensemble"
 
 
+@settings_class
 @dataclass(frozen=True)
 class DetectSettings:
     """How boxes are picked for phrases."""
 
-    threshold: float = 0.1  # lowest score a phrase's best box may have (transformers' OWL post-processing default)
-
-    def __post_init__(self):
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"detect threshold: expected 0..1, got {self.threshold}")
+    # transformers' OWL post-processing default
+    threshold: float = setting(0.1, "Lowest score a phrase's box may have; below it the run stops and names the "
+                                    "phrase (lower it, or reword the phrase).", lo=0.0, hi=1.0, step=0.01,
+                               source="upstream")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from .crops import CropTransform, RecenterSettings, crop_window_bchw, recenter_o
 from ..determinism import serial_bilinear
 from ..types.layout import Layout
 from .segment import SegmentSettings, clean_mask, source_rgb
+from ..settings import setting, settings_class
 
 __all__ = ["InpaintSettings", "InpaintWindows", "InpaintResult", "occluded_objects", "box_raster",
            "prepare_inpaint_windows", "object_prompt", "complete_with_sd", "resegment_completed", "finish_objects",
@@ -46,39 +47,40 @@ log = logging.getLogger(__name__)
 RESEGMENT_MODES = ("auto", "sam", "background_distance")
 
 
+@settings_class
 @dataclass(frozen=True)
 class InpaintSettings:
     """How occluded objects are completed. Defaults are METHOD.md's where it states them."""
 
-    prompt: str = "a complete 3D model"  # METHOD.md step 2
-    use_phrases: bool = True  # append "of <object phrase>" (METHOD.md: optionally with the object's phrase)
-    negative_prompt: str = ""  # open in the paper; none
-    steps: int = 30  # METHOD.md step 2
-    guidance_scale: float = 7.5  # METHOD.md step 2
-    seed: int = 0  # noise of object i uses seed + i; the same seed gives the same result
-    scheduler: str = "model"  # the checkpoint's own sampler (PNDM for SD 1.5/2 inpainting); open in the paper
-    resolution: int = 512  # window side in pixels; SD 1.5/2 inpainting were trained at 512
-    context: float = 1.25  # window side / longer box side: some surroundings for the inpainter (open)
-    occlusion_margin: int = 2  # px: another object's mask this close to an object inside its box occludes it
-    inpaint_truncated: bool = True  # objects cut by the image border are completed too
-    resegment: str = "auto"  # "sam" (needs a SAM model), "background_distance", or "auto" (SAM when given)
-    background_threshold: float = 0.15  # RGB distance from SD's background above which a repainted pixel is object
+    prompt: str = setting("a complete 3D model", "Prompt for every object (paper: 'a complete 3D model').",
+                          source="paper")
+    # METHOD.md: optionally with the object's phrase
+    use_phrases: bool = setting(True, "Append 'of <phrase>' with the object's phrase from Segment.", source="paper")
+    negative_prompt: str = setting("", "Optional negative prompt (paper: none).", source="paper")
+    steps: int = setting(30, "Sampling steps (paper: 30).", lo=1, hi=500, source="paper")
+    guidance_scale: float = setting(7.5, "Classifier-free guidance scale (paper: 7.5).", lo=0.0, hi=50.0, step=0.1,
+                                    source="paper")
+    seed: int = setting(0, "Seed of the noise and of the sampler; object i uses seed + i. Same seed, same result.",
+                        lo=0, hi=2**31 - 1, source="choice", flag=False)
+    # the checkpoint's own sampler (PNDM for SD 1.5/2 inpainting); open in the paper
+    scheduler: str = setting("model", "Sampler: model = the checkpoint's own.", source="upstream")
+    resolution: int = setting(512, "Side of each object's inpainting window (SD 1.5/2 inpainting: 512).", lo=64,
+                              hi=2048, step=8, source="upstream")
+    context: float = setting(1.25, "Window side / longer box side: some surroundings for the inpainter.", lo=1.0,
+                             hi=4.0, source="choice")
+    occlusion_margin: int = setting(2, "Pixels: another object's mask this close to an object inside its box "
+                                       "occludes it.", lo=0, source="choice")
+    inpaint_truncated: bool = setting(True, "Objects cut by the image border are completed too.", source="choice")
+    resegment: str = setting("auto", "How the completed object is cut out again: 'sam' (SAM with its box on the "
+                                     "completed image), 'background_distance' (repainted pixels unlike the painted "
+                                     "background), 'auto' (SAM when connected).", choices=RESEGMENT_MODES,
+                             source="choice")
+    background_threshold: float = setting(0.15, "RGB distance from SD's background above which a repainted pixel "
+                                                 "is object.", lo=0.0, hi=2.0, source="choice")
 
     def __post_init__(self):
-        if not 1 <= self.steps <= 500:
-            raise ValueError(f"steps: expected 1..500, got {self.steps}")
-        if not 0.0 <= self.guidance_scale <= 50.0:
-            raise ValueError(f"guidance_scale: expected 0..50, got {self.guidance_scale}")
-        if self.resolution % 8 or not 64 <= self.resolution <= 2048:
+        if self.resolution % 8:
             raise ValueError(f"resolution: expected a multiple of 8 in 64..2048 pixels, got {self.resolution}")
-        if not 1.0 <= self.context <= 4.0:
-            raise ValueError(f"context: expected 1..4 (window side / longer box side), got {self.context}")
-        if self.occlusion_margin < 0:
-            raise ValueError(f"occlusion_margin: expected >= 0 pixels, got {self.occlusion_margin}")
-        if self.resegment not in RESEGMENT_MODES:
-            raise ValueError(f"resegment: expected one of {RESEGMENT_MODES}, got {self.resegment!r}")
-        if not 0.0 < self.background_threshold < 2.0:
-            raise ValueError(f"background_threshold: expected 0..2 (RGB distance), got {self.background_threshold}")
 
 
 @dataclass(frozen=True)

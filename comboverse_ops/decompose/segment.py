@@ -27,6 +27,7 @@ import torch
 from .crops import CropTransform, RecenterSettings, recenter_object
 from ..types.layout import Layout, boxes_from_masks
 from ..types.images import check_image_hwc
+from ..settings import setting, settings_class
 
 __all__ = ["SegmentSettings", "Segmentation", "source_rgb", "parse_phrases", "assign_points", "object_prompts",
            "clean_mask", "sam_masks", "rank_proposals", "propose_boxes", "objects_from_masks", "segment_image"]
@@ -34,33 +35,36 @@ __all__ = ["SegmentSettings", "Segmentation", "source_rgb", "parse_phrases", "as
 log = logging.getLogger(__name__)
 
 
+@settings_class
 @dataclass(frozen=True)
 class SegmentSettings:
     """How objects are segmented. Defaults follow METHOD.md step 1 where it says anything."""
 
-    negative_points: bool = True  # negatives at the other boxes' centres (METHOD.md: known-good refinement)
-    multimask: bool = True  # ask SAM for its 3 candidates and keep the best-scoring one
-    clip_to_box: bool = True  # nothing of an object lies outside its box (the user drew it around the object)
-    box_margin: float = 0.02  # fraction of the box size still allowed outside the box when clipping
-    min_island_fraction: float = 0.05  # parts smaller than this fraction of the largest part are dropped
-    max_hole_fraction: float = 0.02  # holes smaller than this fraction of the object's area are filled
-    auto_objects: int = 3  # objects proposed when no boxes, points or masks are given
-    auto_points_per_side: int = 16  # SAM automatic mode's point grid (SAM's own default is 32)
-    auto_min_area: float = 0.002  # proposals smaller than this fraction of the image are ignored
-    auto_max_area: float = 0.6  # ... and larger ones (background, table tops) too
-    auto_pred_iou_thresh: float = 0.8  # SAM's predicted-IoU filter for proposals (SAM default 0.88)
-    auto_stability_thresh: float = 0.9  # SAM's stability filter for proposals (SAM default 0.95)
-
-    def __post_init__(self):
-        for name in ("box_margin", "min_island_fraction", "max_hole_fraction", "auto_min_area", "auto_max_area",
-                     "auto_pred_iou_thresh", "auto_stability_thresh"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"SegmentSettings.{name}: expected a fraction in [0, 1], got {v}")
-        if not 1 <= self.auto_objects <= 32:
-            raise ValueError(f"auto_objects: expected 1..32, got {self.auto_objects}")
-        if not 4 <= self.auto_points_per_side <= 64:
-            raise ValueError(f"auto_points_per_side: expected 4..64, got {self.auto_points_per_side}")
+    # METHOD.md: a known-good refinement
+    negative_points: bool = setting(True, "Tell SAM that the other objects' box centres are not this object (helps "
+                                          "with touching objects).", source="paper")
+    multimask: bool = setting(True, "Ask SAM for its 3 candidates and keep the best-scoring one.", source="upstream")
+    clip_to_box: bool = setting(True, "Nothing of an object lies outside its box (the box was drawn around it).",
+                                source="choice")
+    box_margin: float = setting(0.02, "Fraction of the box size still allowed outside the box when clipping.",
+                                lo=0.0, hi=1.0, source="choice")
+    min_island_fraction: float = setting(0.05, "Mask parts smaller than this fraction of the largest part are "
+                                               "dropped.", lo=0.0, hi=1.0, source="choice")
+    max_hole_fraction: float = setting(0.02, "Holes smaller than this fraction of the object's area are filled.",
+                                       lo=0.0, hi=1.0, source="choice")
+    auto_objects: int = setting(3, "Automatic mode only (no boxes, points or masks): how many of the most "
+                                   "prominent objects to take, numbered left to right.", lo=1, hi=16,
+                                source="choice")
+    auto_points_per_side: int = setting(16, "SAM automatic mode's point grid (SAM's own default is 32).", lo=4,
+                                        hi=64, source="choice")
+    auto_min_area: float = setting(0.002, "Proposals smaller than this fraction of the image are ignored.", lo=0.0,
+                                   hi=1.0, source="choice")
+    auto_max_area: float = setting(0.6, "Proposals larger than this fraction of the image (background, table "
+                                        "tops) are ignored.", lo=0.0, hi=1.0, source="choice")
+    auto_pred_iou_thresh: float = setting(0.8, "SAM's predicted-IoU filter for proposals (SAM default 0.88).",
+                                          lo=0.0, hi=1.0, source="choice")
+    auto_stability_thresh: float = setting(0.9, "SAM's stability filter for proposals (SAM default 0.95).", lo=0.0,
+                                           hi=1.0, source="choice")
 
 
 @dataclass(frozen=True)

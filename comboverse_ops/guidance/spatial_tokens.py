@@ -113,19 +113,24 @@ def _join(pieces: list[tuple[str, float | None]]) -> list[tuple[str, float | Non
     return out
 
 
-def parse_spatial_prompt(prompt: str, tokenizer, default_factor: float = 25.0, *, auto: bool = True,
+def parse_spatial_prompt(prompt: str, tokenizer, default_factor: float | None = None, *, auto: bool = True,
                          what: str = "prompt") -> SpatialPrompt:
     """Tokenize ``prompt`` and find the token positions of its spatial words (module doc).
 
     Args:
         prompt: text, optionally with ``(words:factor)`` marks.
         tokenizer: a ``transformers.CLIPTokenizer`` (``model_max_length`` = 77).
-        default_factor: the factor of unmarked-by-number marks and automatic phrases (paper: 25).
+        default_factor: the factor of unmarked-by-number marks and automatic phrases (None:
+            ``SSDSSettings.reweight``, the paper's c).
         auto: find :data:`RELATION_PHRASES` when nothing is marked.
     Raises:
         ValueError: an empty prompt, a prompt over the token limit with a marked word past it,
             or a mark that cuts a word in two (naming ``what``).
     """
+    if default_factor is None:
+        from .ssds import SSDSSettings  # here: ssds imports this module
+
+        default_factor = SSDSSettings.reweight
     if not prompt or not prompt.strip():
         raise ValueError(f"{what}: expected a prompt that states the relation, e.g. 'a teddy bear (sitting on:25) "
                          "a chair', got an empty text")

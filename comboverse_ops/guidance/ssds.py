@@ -34,7 +34,7 @@ are drawn for all views first), one extra VAE forward, a fraction of the memory.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +42,9 @@ import torch.nn.functional as F
 from .attention import install_spatial_attention, remove_spatial_attention
 from ..types.camera import Cameras
 from ..determinism import ordered_sum, serial_bilinear
-from ..render import render_scene
+from ..render import BACKENDS, render_scene
 from ..types.scene import Scene
+from ..settings import setting, settings_class
 from .spatial_tokens import SpatialPrompt, parse_spatial_prompt
 
 __all__ = [
@@ -59,6 +60,7 @@ __all__ = [
 WEIGHTINGS = ("sds", "uniform")
 
 
+@settings_class
 @dataclass(frozen=True)
 class ViewSampling:
     """Where the novel views are, relative to the reference camera (kiui's orbit angles).
@@ -68,33 +70,67 @@ class ViewSampling:
     offsets drawn uniformly from these ranges. Negative elevation = from above.
     """
 
-    azimuth_offset_deg: tuple[float, float] = (-90.0, 90.0)  # choice: the half orbit on the photo's side,
-    # where the single-view 3D models are best; the relation stays visible from there
-    elevation_offset_deg: tuple[float, float] = (-20.0, 10.0)  # choice: mostly higher than the photo (tables,
-    # supports seen from above), a little lower
-    radius_scale: tuple[float, float] = (1.0, 1.0)  # choice: the reference distance, so the framing matches
-    fov_deg: float | None = None  # None: the reference camera's field of view
+    # choice: the half orbit on the photo's side, where the single-view 3D models are best; the relation
+    # stays visible from there
+    azimuth_offset_deg: tuple[float, float] = setting(
+        (-90.0, 90.0), "Range of the novel views' azimuth offsets from the reference view, degrees.", lo=-180.0,
+        hi=180.0, source="choice", parts={"azimuth_min": "", "azimuth_max": ""})
+    # choice: mostly higher than the photo (tables, supports seen from above), a little lower
+    elevation_offset_deg: tuple[float, float] = setting(
+        (-20.0, 10.0), "Range of the novel views' elevation offsets, degrees (negative = from above).", lo=-90.0,
+        hi=90.0, source="choice", parts={"elevation_min": "", "elevation_max": ""})
+    # choice: the reference distance, so the framing matches
+    radius_scale: tuple[float, float] = setting(
+        (1.0, 1.0), "Range of the novel views' distance as a multiple of the reference camera's.", lo=0.1, hi=10.0,
+        source="choice", parts={"radius_min": "", "radius_max": ""})
+    fov_deg: float | None = setting(None, "Novel views' vertical field of view, degrees (none: the reference "
+                                          "camera's).", lo=1.0, hi=170.0, source="choice")
 
 
+@settings_class
 @dataclass(frozen=True)
 class SSDSSettings:
     """Settings of :class:`SSDSGuidance` (module doc for the defaults)."""
 
-    prompt: str = ""  # states the relation; spatial words marked "(sitting on:25)" or found automatically
-    reweight: float = 25.0  # paper: c = 25; 1 = plain SDS
-    renormalize: bool = False  # known re-implementation: no renormalisation after reweighting
-    layer_filter: str = "attn2"  # regex over UNet processor names; "attn2" = every cross-attention layer
-    auto_relation_words: bool = True  # mark spatial_tokens.RELATION_PHRASES when the prompt marks nothing
-    t_range: tuple[float, float] = (0.8, 0.9)  # paper: high-noise band decides global layout
-    guidance_scale: float = 100.0  # DreamFusion / the known re-implementation
-    weighting: str = "sds"  # w(t) = 1 - alpha_bar_t (DreamFusion); "uniform": w = 1
-    views: int = 4  # paper: 10 novel views per iteration; 4 keeps the pipeline within 60 s and 12 GB (module doc)
-    render_resolution: int = 256  # choice: renders upsampled to the model's resolution (512 for SD 1.5)
-    model_resolution: int | None = None  # None: the UNet's native size (sample_size x VAE factor)
-    view_sampling: ViewSampling = field(default_factory=ViewSampling)
-    seed: int = 0  # views, timesteps and noise come from one torch.Generator seeded with this
-    backend: str = "auto"  # renderer backend
-    encode_chunk: int = 4  # views per VAE encode with gradients (module doc, "Memory"); 0: all views at once
+    prompt: str = setting("", "States the relation, e.g. 'a teddy bear (sitting on:25) a chair'. Words in "
+                              "(words:factor) get their cross-attention multiplied by factor; with nothing marked, "
+                              "relation words (on, under, behind, in front of, riding, ...) are found automatically.",
+                          source="choice", flag=False)
+    reweight: float = setting(25.0, "Default attention multiplier c of the spatial words (paper: 25; 1 = plain SDS).",
+                              lo=0.01, hi=1000.0, step=0.5, source="paper")
+    renormalize: bool = setting(False, "Renormalise the attention after reweighting (the known re-implementation "
+                                       "does not).", source="paper")
+    layer_filter: str = setting("attn2", "Regex over the UNet's attention processor names that get the "
+                                         "reweighting; attn2 = every cross-attention layer.", source="paper")
+    auto_relation_words: bool = setting(True, "Mark relation words automatically when the prompt marks nothing.",
+                                        source="choice")
+    # paper: the high-noise band decides the global layout
+    t_range: tuple[float, float] = setting((0.8, 0.9), "Band of diffusion times, fractions of T (paper: 0.8 0.9).",
+                                           lo=0.02, hi=0.98, step=0.01, source="paper",
+                                           parts={"t_min": "Lowest diffusion time, fraction of T (paper: 0.8).",
+                                                  "t_max": "Highest diffusion time, fraction of T (paper: 0.9)."})
+    guidance_scale: float = setting(100.0, "Classifier-free guidance scale of the score distillation (100: "
+                                           "DreamFusion's and the re-implementation's).", lo=0.0, hi=200.0, step=0.5,
+                                    source="paper")
+    weighting: str = setting("sds", "w(t): sds = 1 - alpha_bar_t (DreamFusion), uniform = 1.", choices=WEIGHTINGS,
+                             source="paper")
+    # paper: 10 novel views per iteration; 4 keeps the pipeline within 60 s and 12 GB (module doc)
+    views: int = setting(4, "Novel views rendered per step (paper: 10). 4 guided layouts as well as 10 within noise "
+                            "on 40 benchmark scenes (docs/ssds_effect.md) and keep a 200-step refine near 30 s on an "
+                            "H200 within 12 GB; 10 take 2.6x as long.", lo=1, hi=64, source="measured")
+    # choice: renders upsampled to the model's resolution (512 for SD 1.5)
+    render_resolution: int = setting(256, "Render size of the novel views, pixels (upsampled to the model's 512 or "
+                                          "768).", lo=16, hi=1024, step=32, source="choice")
+    model_resolution: int | None = setting(None, "Resolution the diffusion model sees (none: the UNet's native "
+                                                 "size).", lo=64, hi=2048, source="upstream")
+    view_sampling: ViewSampling = setting(factory=ViewSampling, help="Where the novel views are.")
+    seed: int = setting(0, "Seed of the novel views, timesteps and noise.", lo=0, hi=2**63 - 1, source="choice",
+                        flag=False)
+    backend: str = setting("auto", "Renderer: auto uses nvdiffrast on a GPU where installed.", choices=BACKENDS,
+                           source="choice")
+    # module doc, "Memory"
+    encode_chunk: int = setting(4, "Views per VAE encode with gradients (0: all views at once); memory only.", lo=0,
+                                source="choice")
 
     def __post_init__(self):
         lo, hi = self.t_range

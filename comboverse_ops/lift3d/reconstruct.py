@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from ..types.mesh import Mesh
 from ..meshio.decimate import MAX_FACES, decimate
 from ..meshio.frames import TRIPOSR_FRONT, TRIPOSR_UP, to_canonical_frame
+from ..settings import setting, settings_class
 from .preprocess import FOREGROUND_RATIO, conditioning_images
 from .surface import marching_cubes, sample_density_grid
 
@@ -29,28 +30,30 @@ __all__ = ["Lift3DSettings", "reconstruct_objects", "mesh_from_triplane"]
 logger = logging.getLogger(__name__)
 
 
+@settings_class(label="Lift3D")
 @dataclass(frozen=True)
 class Lift3DSettings:
     """Settings of :func:`reconstruct_objects`; the Lift3D node's widgets map onto these fields."""
 
-    resolution: int = 256  # marching-cubes samples per axis (TripoSR run.py default)
-    density_threshold: float = 25.0  # iso level on the activated density (TripoSR extract_mesh default)
-    max_faces: int = MAX_FACES  # 0 keeps all
-    foreground_ratio: float = FOREGROUND_RATIO
-    vertex_colors: bool = True  # colour vertices from the decoder (TripoSR's own mesh output does)
-    query_chunk: int = 262_144  # points per decoder call: a memory knob only, results are the same
+    resolution: int = setting(256, "Marching-cubes grid per axis (TripoSR default 256). Higher = finer surface, "
+                                   "cubic cost.", lo=16, hi=1024, step=16, source="upstream")
+    density_threshold: float = setting(25.0, "Density level of the surface (TripoSR default 25). Lower = fatter "
+                                             "objects.", lo=0.01, hi=1000.0, step=0.5, source="upstream")
+    max_faces: int = setting(MAX_FACES, "Decimate each object to at most this many faces (ComboVerse: 50,000); 0 "
+                                        "keeps every face. Fewer faces make the combination stage faster.", lo=0,
+                             hi=2_000_000, step=1000, source="paper")
+    foreground_ratio: float = setting(FOREGROUND_RATIO, "Object size relative to the image the model sees (TripoSR "
+                                                        f"default {FOREGROUND_RATIO}).", lo=0.3, hi=1.0, step=0.01,
+                                      source="upstream")
+    # TripoSR's own mesh output does
+    vertex_colors: bool = setting(True, "Colour the vertices from the model; off gives grey meshes.",
+                                  source="upstream")
+    query_chunk: int = setting(262_144, "Points per decoder call: lower it if the GPU runs out of memory (same "
+                                        "result, slower).", lo=1024, hi=16_777_216, step=1024, source="choice")
 
-    def validate(self) -> "Lift3DSettings":
-        """Raise ``ValueError`` naming the field, the expected and the actual value; return self."""
-        checks = {"resolution": 16 <= self.resolution <= 1024, "max_faces": self.max_faces == 0 or self.max_faces >= 4,
-                  "foreground_ratio": 0 < self.foreground_ratio <= 1, "query_chunk": self.query_chunk >= 1024,
-                  "density_threshold": self.density_threshold > 0}
-        want = {"resolution": "16..1024", "max_faces": "0 (keep all) or >= 4", "foreground_ratio": "in (0, 1]",
-                "query_chunk": ">= 1024", "density_threshold": "> 0"}
-        for f in fields(self):
-            if f.name in checks and not checks[f.name]:
-                raise ValueError(f"Lift3D {f.name}: expected {want[f.name]}, got {getattr(self, f.name)!r}")
-        return self
+    def __post_init__(self):
+        if 0 < self.max_faces < 4:
+            raise ValueError(f"Lift3D max_faces: expected 0 (keep all) or >= 4, got {self.max_faces}")
 
 
 def _model_device_dtype(model) -> tuple[torch.device, torch.dtype]:
@@ -107,7 +110,6 @@ def reconstruct_objects(model, images: torch.Tensor, masks: torch.Tensor | None 
         ``(meshes, conditioning)``: ``B`` meshes on the CPU (float32 vertices, vertex colours in
         [0, 1] unless disabled) and the ``[B, S, S, 3]`` conditioning images on the CPU.
     """
-    settings.validate()
     b = images.shape[0] if images.ndim == 4 else 1
     names = list(names) if names is not None else [f"object_{i}" for i in range(b)]
     if len(names) != b:

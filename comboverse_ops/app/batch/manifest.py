@@ -7,7 +7,7 @@ A line (keys other than these are an error, so a typo never silently drops a set
      "boxes": [[210, 40, 420, 300], [150, 200, 470, 600]],   # pixels (x0, y0, x1, y1), one per object
      "phrases": ["a teddy bear", "a chair"],  # optional, one per box; without "boxes", --detect finds them
      "prompt": "a teddy bear (sitting on:25) a chair",        # optional
-     "settings": {"refine_steps": 100, "seed": 3},            # optional PipelineSettings fields
+     "settings": {"refine.steps": 100, "seed": 3},            # optional: run fields, stage paths, old flat names
      "truth": {"seed": 3, "objects": 3, "image_size": 256}}   # procedural scenes only
 
 A scene is identified by its ``id`` (a file-name-safe string) and versioned by :func:`scene_hash`:
@@ -22,14 +22,16 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from ..pipeline import PipelineSettings
+from ..pipeline import LEGACY_NAMES, PipelineSettings, with_settings
+from ..presets import StageSettings
+from ...settings import field_type, leaf_fields
 
 __all__ = ["SceneEntry", "read_manifest", "scene_hash", "write_procedural_manifest", "ManifestError"]
 
 LINE_KEYS = ("id", "image", "boxes", "phrases", "prompt", "settings", "truth")
 # Per-scene settings may change any PipelineSettings field but these: prompt and phrases have
 # their own keys, and the device is the worker's (one GPU each).
-NOT_PER_SCENE = ("prompt", "phrases", "device")
+NOT_PER_SCENE = ("prompt", "phrases", "device", "stages")
 TRUTH_KEYS = ("seed", "objects", "image_size")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -61,8 +63,9 @@ class SceneEntry:
         phrases = self.line.get("phrases")
         if isinstance(phrases, list):
             phrases = json.dumps(phrases)
-        return replace(base, prompt=self.line.get("prompt", "") or "", phrases=phrases,
-                       **self.line.get("settings", {}))
+        return with_settings(replace(base, prompt=self.line.get("prompt", "") or "", phrases=phrases),
+                             {k: tuple(v) if isinstance(v, list) else v for k, v in self.line.get("settings", {}).items()},
+                             what=f"line {self.index} settings")
 
 
 def _default_id(image: str) -> str:
@@ -87,18 +90,28 @@ def _check_line(line: dict) -> str | None:
     settings = line.get("settings", {})
     if not isinstance(settings, dict):
         return f'"settings": expected an object of PipelineSettings fields, got {type(settings).__name__}'
-    allowed = {f.name for f in fields(PipelineSettings)} - set(NOT_PER_SCENE)
-    bad = sorted(set(settings) - allowed)
+    types = {f.name: f.type for f in fields(PipelineSettings) if f.name not in NOT_PER_SCENE}
+    staged = {path: getattr(field_type(owner, f.name), "__name__", "optional")
+              for path, owner, f in leaf_fields(StageSettings)}
+    types |= staged | {old: staged[new] for old, new in LEGACY_NAMES.items()}
+    bad = sorted(set(settings) - set(types))
     if bad:
-        return f'"settings": unknown or not per-scene field(s) {bad}; expected some of {sorted(allowed)}'
-    types = {f.name: f.type for f in fields(PipelineSettings)}
+        return (f'"settings": unknown or not per-scene field(s) {bad}; expected run fields '
+                f'{sorted(set(types) - set(staged) - set(LEGACY_NAMES))} or stage settings such as refine.steps '
+                "(comboverse run --help lists them)")
     for key, value in settings.items():
         ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
               "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
               "bool": lambda v: isinstance(v, bool),
+              "tuple": lambda v: isinstance(v, list),
+              "optional": lambda v: v is None or isinstance(v, (int, float)) and not isinstance(v, bool),
               "str": lambda v: isinstance(v, str)}.get(types[key], lambda v: v is None or isinstance(v, str))
         if not ok(value):
             return f'"settings": {key} expected {types[key]}, got {value!r}'
+    try:
+        with_settings(PipelineSettings(), {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    except ValueError as e:
+        return f'"settings": {e}'
     truth = line.get("truth")
     if truth is not None:
         if not isinstance(truth, dict) or set(truth) != set(TRUTH_KEYS) or \

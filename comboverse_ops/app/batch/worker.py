@@ -110,7 +110,7 @@ def _run_stand_in_scene(job: SceneJob, folder: Path, device: str, log) -> tuple[
                          "run without --stand-ins to use the model files")
     t = job.truth
     report = run_demo(folder, seed=t["seed"], size=t["image_size"], objects=t["objects"], device=device,
-                      steps=job.settings.refine_steps, log=log)
+                      steps=job.settings.stages.refine.steps, log=log)
     report["image"] = job.image_name
     report["stand_ins"] = "Segment, depth and Lift3D replaced by the procedural scene's true masks, noisy depth " \
                           "and meshes (comboverse demo)"
