@@ -181,9 +181,10 @@ def sample_views(scene: Scene, n: int, resolution: int, sampling: ViewSampling,
     draw = lo + (hi - lo) * u  # [n, 3]: elevation offset, azimuth offset, radius scale
     if device.type == "cuda":
         draw = draw.pin_memory()
-    draw = draw.to(device, non_blocking=True)
-    centre = torch.stack([o.pose.translation.detach() for o in scene.objects]).double().mean(0)
-    off = cam.c2w[0, :3, 3].detach().double() - centre
+    dt = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    draw = draw.to(device, dt, non_blocking=True)
+    centre = torch.stack([o.pose.translation.detach() for o in scene.objects]).to(dt).mean(0)
+    off = cam.c2w[0, :3, 3].detach().to(dt) - centre
     r0 = torch.linalg.norm(off).clamp_min(1e-6)
     el0 = -torch.rad2deg(torch.asin((off[1] / r0).clamp(-1.0, 1.0)))
     az0 = torch.rad2deg(torch.atan2(off[0], off[2]))
