@@ -133,21 +133,10 @@ class SSDSSettings:
                                 source="choice")
 
     def __post_init__(self):
+        # Ranges and choices are checked from the fields (settings_class); here what joins two values.
         lo, hi = self.t_range
         if not 0.0 < lo <= hi < 1.0:
             raise ValueError(f"t_range: expected 0 < t_min <= t_max < 1 (fractions of T), got {self.t_range}")
-        if self.views < 1:
-            raise ValueError(f"views: expected at least 1 view per step, got {self.views}")
-        if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale: expected >= 0, got {self.guidance_scale}")
-        if not self.reweight > 0:
-            raise ValueError(f"reweight: expected a factor > 0 (1 = plain SDS), got {self.reweight}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.render_resolution < 16:
-            raise ValueError(f"render_resolution: expected >= 16 pixels, got {self.render_resolution}")
-        if self.encode_chunk < 0:
-            raise ValueError(f"encode_chunk: expected >= 0 views per VAE pass (0 = all), got {self.encode_chunk}")
 
 
 def reference_orbit(scene: Scene) -> tuple[float, float, float, torch.Tensor]:
