@@ -11,7 +11,7 @@ is the range the core accepts). From the same fields:
 - the ComfyUI node widgets are generated (``nodes/widgets.py``: ``widget(RefineSettings, "steps")``);
 - the ``comboverse run`` flags are generated (:func:`add_flags`, :func:`flag_values`), each
   help line ending in ``(default: X; paper)``;
-- presets are tables of dotted paths (``comboverse_ops/presets.py``) applied with :func:`replace_path`.
+- presets are tables of dotted paths (``comboverse_ops/app/presets.py``) applied with :func:`replace_path`.
 
 Provenance (``source``): ``paper`` (ComboVerse or the method it builds on states the value),
 ``upstream`` (the model's own release uses it: TripoSR, SD, SAM, OWL), ``measured`` (chosen by a

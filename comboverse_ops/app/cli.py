@@ -3,7 +3,7 @@
     comboverse demo [--out DIR] [--seed N]
     comboverse run IMAGE --boxes '[[x0,y0,x1,y1], ...]' [--prompt TEXT] [--models DIR] [--out scene.glb]
     comboverse batch MANIFEST.jsonl --out DIR [--procedural N] [--address RAY] (Ray; comboverse_ops/batch/)
-    comboverse run-workflow WORKFLOW.json [--models DIR] [--input DIR] [--out DIR] (comboverse_ops/workflow.py)
+    comboverse run-workflow WORKFLOW.json [--models DIR] [--input DIR] [--out DIR] (comboverse_ops/app/workflow.py)
 
 Errors: bad input (a flag, a file, a picture, a checkpoint) prints one line,
 ``comboverse: error: ...`` naming the flag or file, what was expected and what was found, and
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="refinement steps (default: SSDSRefine's)")
     demo.add_argument("--ssds", action="store_true",
                       help="instead: a scene whose depth order InitPose got wrong, refined with score distillation "
-                           "from the shipped spatial prior (comboverse_ops/demo_ssds.py)")
+                           "from the shipped spatial prior (comboverse_ops/app/demo_ssds.py)")
     _add_run_parser(sub)
     _add_batch_parser(sub)
     _add_run_workflow_parser(sub)
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_run_parser(sub) -> None:
-    """``comboverse run IMAGE --boxes ... --models DIR --out scene.glb`` (comboverse_ops/pipeline.py)."""
+    """``comboverse run IMAGE --boxes ... --models DIR --out scene.glb`` (comboverse_ops/app/pipeline.py)."""
     run = sub.add_parser("run", help="the full pipeline on one picture (SAM, SD inpainting, TripoSR, InitPose, "
                                      "SSDSRefine), headless", formatter_class=_Help)
     run.add_argument("image", help="the picture (PNG, JPEG, ...)")
@@ -341,7 +341,7 @@ def _add_setting_flags(run) -> None:
                                                    "InitPose's depth; without it objects start at one depth")
     run.add_argument("--preview-size", type=int, default=d.preview_size, help="longer side of the preview PNGs")
     run.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                     help="start from these stage settings (comboverse_ops/presets.py); the flags below override "
+                     help="start from these stage settings (comboverse_ops/app/presets.py); the flags below override "
                           "it. paper: the paper's values (10 SSDS views, ...); fast: a quick look")
     stages = {f.name: field_type(StageSettings, f.name) for f in fields(StageSettings)}
     run.set_defaults(setting_flags=add_flags(run, stages, aliases=FLAG_ALIASES))
@@ -382,7 +382,7 @@ def _settings_from_args(args, prompt: str = "", phrases: str | None = None, devi
 
 
 def _add_run_workflow_parser(sub) -> None:
-    """``comboverse run-workflow WORKFLOW.json`` (comboverse_ops/workflow.py)."""
+    """``comboverse run-workflow WORKFLOW.json`` (comboverse_ops/app/workflow.py)."""
     w = sub.add_parser("run-workflow", help="an API-format ComfyUI workflow of this pack, headless, through the "
                                             "pack's node classes", formatter_class=_Help)
     w.add_argument("workflow", help="the workflow in ComfyUI's API format (Workflow > Export (API); the pack's "

@@ -2,7 +2,7 @@
 
 The folder names inside a models folder, the suffixes a weight file may have, and the
 models-folder default (``$COMBOVERSE_MODELS_DIR``, else ``./models``) are written here once;
-``nodes/host.py`` adds ComfyUI's own folder registry on top, ``comboverse_ops/pipeline.py``
+``nodes/host.py`` adds ComfyUI's own folder registry on top, ``comboverse_ops/app/pipeline.py``
 picks one file per stage from them.
 """
 
