@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # tiny_models: the tests' builders for 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from comboverse_ops.app.pipeline import LEGACY_NAMES, PipelineSettings, run_pipeline, with_settings  # noqa: E402
-from comboverse_ops.settings import get_path  # noqa: E402
+from comboverse_ops.settings import _parser_of, field_type, get_path  # noqa: E402
 
 # Every numeric setting by its flat name (run fields, and the stage settings' old flat names): type.
 NUMERIC = {f.name: {"int": int, "float": float}[f.type] for f in fields(PipelineSettings) if f.type in ("int", "float")}
@@ -392,8 +392,14 @@ def parse_also(spec: str) -> dict:
         except AttributeError:
             raise SystemExit(f"--also/--set: {key!r} is neither a setting's dotted path (e.g. refine.guided_steps) "
                              f"nor one of {sorted(NUMERIC)}") from None
-        kind = type(default)
-        out[key] = value.lower() in ("1", "true", "yes") if kind is bool else value if default is None else kind(value)
+        parent, _, name = key.rpartition(".")
+        kind = field_type(type(get_path(PipelineSettings().stages, parent)), name)
+        if kind is bool:
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, tuple):  # e.g. ssds.t_range=0.7 0.9
+            out[key] = tuple(type(d)(v) for d, v in zip(default, value.split()))
+        else:  # as the CLI parses it (X | None takes "none")
+            out[key] = _parser_of(kind)(value)
     return out
 
 

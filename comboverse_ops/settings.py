@@ -70,10 +70,6 @@ def field_type(cls, name: str):
     return typing.get_type_hints(cls)[name]
 
 
-def _default(f: dataclasses.Field):
-    return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
-
-
 def leaf_fields(cls, prefix: str = ""):
     """``(dotted path, owning class, field)`` of every setting, nested settings dataclasses expanded."""
     for f in fields(cls):

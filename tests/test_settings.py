@@ -139,3 +139,18 @@ def test_batch_lines_take_stage_settings_by_path_or_by_their_old_flat_name(tmp_p
     assert e[1].error is None and e[1].settings(PipelineSettings()).stages.refine.steps == 9
     assert "refine.steps" in e[2].error and "expected 0..5000" in e[2].error
     assert "refine.stepz" in e[3].error
+
+
+def test_values_that_must_change_together_apply_in_any_order():
+    """A batch line or preset may name two fields that a check joins (guidance along rays needs
+    the ray parameterisation) in either order; a wrong pair is still named."""
+    from comboverse_ops.app.presets import StageSettings, apply_values
+
+    for values in ({"refine.guidance_moves": "depth", "refine.parameterization": "ray"},
+                   {"refine.parameterization": "ray", "refine.guidance_moves": "depth"}):
+        got = apply_values(StageSettings(), values).refine
+        assert (got.guidance_moves, got.parameterization) == ("depth", "ray")
+    with pytest.raises(ValueError, match="refine.guidance_moves.*parameterization='ray'"):
+        apply_values(StageSettings(), {"refine.guidance_moves": "depth"})
+    with pytest.raises(ValueError, match="refine.no_such is not a setting"):
+        apply_values(StageSettings(), {"refine.no_such": 1})

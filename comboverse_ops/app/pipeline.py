@@ -243,7 +243,10 @@ def refine_stage(run: Run, rgb: torch.Tensor, layout, start):
                                    config_dir=s.guidance_config, tokenizer_dirs=tokenizer_dirs(run.root),
                                    what="SSDS guidance").to(run.device)
             run.models_used["guidance"] = {"kind": gmodel.info.describe(), "file": str(files["guidance"])}
-            guidance = SSDSGuidance(gmodel, s.stage("ssds"))
+            ssds = s.stage("ssds")
+            if ssds.backend == "auto":  # the refine renderer, as SSDSRefine's one backend input does
+                ssds = replace(ssds, backend=refine.backend)
+            guidance = SSDSGuidance(gmodel, ssds)
         else:
             run.models_used["guidance"] = {"kind": "none (reference view + physics only)", "file": None}
             refine = replace(refine, weights=replace(refine.weights, guidance=0.0))

@@ -18,6 +18,7 @@ line override it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..decompose.crops import RecenterSettings
@@ -78,14 +79,29 @@ def apply_values(stages: StageSettings, values: dict[str, object], what: str = "
 
     Raises ``ValueError`` naming ``what``, the path and the problem.
     """
+    # One settings object at a time, with all of its values at once: a check that joins two of its
+    # fields (e.g. guidance_moves "depth" needs parameterization "ray") sees both new values.
+    groups: dict[str, dict[str, object]] = {}
     for path, value in values.items():
+        parent, _, name = path.rpartition(".")
+        groups.setdefault(parent, {})[name] = value
+    for parent, changes in groups.items():
+        first = f"{parent}.{next(iter(changes))}" if parent else next(iter(changes))
         try:
-            get_path(stages, path.rsplit(".", 1)[0]) if "." in path else None
-            stages = replace_path(stages, path, value)
-        except AttributeError:
-            raise ValueError(f"{what}: {path} is not a setting; expected a path like refine.steps") from None
+            obj = get_path(stages, parent) if parent else stages
+            known = {f.name for f in dataclasses.fields(obj)}
+        except (AttributeError, TypeError):
+            raise ValueError(f"{what}: {first} is not a setting; expected a path like refine.steps") from None
+        unknown = [n for n in changes if n not in known]
+        if unknown:
+            raise ValueError(f"{what}: {parent + '.' if parent else ''}{unknown[0]} is not a setting; expected a path "
+                             "like refine.steps")
+        try:
+            new = dataclasses.replace(obj, **changes)
+            stages = replace_path(stages, parent, new) if parent else new
         except ValueError as e:
-            raise ValueError(f"{what}: {path}: {e}") from None
+            names = ", ".join(f"{parent + '.' if parent else ''}{n}" for n in changes)
+            raise ValueError(f"{what}: {names}: {e}") from None
     return stages
 
 

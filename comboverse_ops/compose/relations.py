@@ -74,8 +74,8 @@ class RelationMargins:
 def object_boxes(scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
     """``([N, 3], [N, 3])`` float64 CPU min and max corners of each posed object's world AABB."""
     boxes = [o.world_vertices().detach() for o in scene.objects]
-    lo = torch.stack([v.amin(0) for v in boxes]).double().cpu()
-    hi = torch.stack([v.amax(0) for v in boxes]).double().cpu()
+    lo = torch.stack([v.amin(0) for v in boxes]).cpu().double()
+    hi = torch.stack([v.amax(0) for v in boxes]).cpu().double()
     return lo, hi
 
 
@@ -83,7 +83,7 @@ def _camera_axes(camera: Cameras) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     """``(eye, right, ground_forward)`` ``[3]`` float64 of the first camera."""
     if camera is None or len(camera) < 1:
         raise ValueError("relations: expected a reference camera (Cameras with one camera), got none")
-    c2w = camera.c2w[0].detach().double().cpu()
+    c2w = camera.c2w[0].detach().cpu().double()
     forward = -c2w[:3, 2].clone()
     forward[1] = 0.0
     norm = forward.norm()

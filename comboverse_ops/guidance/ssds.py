@@ -145,7 +145,7 @@ def reference_orbit(scene: Scene) -> tuple[float, float, float, torch.Tensor]:
     ``centre`` is a float64 CPU tensor: the values are read back from the device once, together.
     """
     centre = torch.stack([o.pose.translation.detach() for o in scene.objects]).mean(0)
-    both = torch.stack([centre, scene.camera.c2w[0, :3, 3].detach().to(centre)]).double().cpu()
+    both = torch.stack([centre, scene.camera.c2w[0, :3, 3].detach().to(centre)]).cpu().double()
     centre, eye = both[0], both[1]
     off = eye - centre
     radius = float(torch.linalg.norm(off).clamp_min(1e-6))
@@ -314,10 +314,7 @@ class SSDSGuidance:
         """Classifier-free-guided noise prediction ``[B, 4, h, w]`` (no gradients), spatial tokens reweighted."""
         b = z_t.shape[0]
         emb = torch.cat([self.uncond_emb.expand(b, -1, -1), self.cond_emb.expand(b, -1, -1)])
-        weights = None
-        if not self.plain:
-            ones = torch.ones(b, self.prompt.token_weights.shape[0])
-            weights = torch.cat([ones, self.prompt.token_weights.expand(b, -1)]).to(self.device, non_blocking=True)
+        weights = None if self.plain else self._token_weights(b)
         kwargs = {} if weights is None else {"cross_attention_kwargs": {"token_weights": weights}}
         with torch.no_grad():
             x = torch.cat([z_t, z_t]).to(self.dtype)
@@ -327,6 +324,14 @@ class SSDSGuidance:
             out = a.sqrt() * out + (1 - a).sqrt() * torch.cat([z_t, z_t]).float()  # v -> eps
         uncond, cond = out.chunk(2)
         return uncond + self.settings.guidance_scale * (cond - uncond)
+
+    def _token_weights(self, b: int) -> torch.Tensor:
+        """``[2b, L]`` factors of the CFG batch (unconditional half 1), made once per batch size on the device."""
+        cached = getattr(self, "_weights", None)
+        if cached is None or cached.shape[0] != 2 * b:
+            w = self.prompt.token_weights.to(self.device)
+            self._weights = torch.cat([torch.ones_like(w).expand(b, -1), w.expand(b, -1)])
+        return self._weights
 
     def sample_timesteps(self, n: int) -> torch.Tensor:
         """``[n]`` int64 timesteps uniform in ``t_range * T`` (inclusive), from the guidance's generator."""
