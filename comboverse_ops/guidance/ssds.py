@@ -33,7 +33,6 @@ are drawn for all views first), one extra VAE forward, a fraction of the memory.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -139,19 +138,26 @@ class SSDSSettings:
             raise ValueError(f"t_range: expected 0 < t_min <= t_max < 1 (fractions of T), got {self.t_range}")
 
 
-def reference_orbit(scene: Scene) -> tuple[float, float, float, torch.Tensor]:
-    """``(elevation_deg, azimuth_deg, radius, centre [3])`` of the reference camera about the scene centre.
-
-    ``centre`` is a float64 CPU tensor: the values are read back from the device once, together.
-    """
-    centre = torch.stack([o.pose.translation.detach() for o in scene.objects]).mean(0)
-    both = torch.stack([centre, scene.camera.c2w[0, :3, 3].detach().to(centre)]).cpu().double()
-    centre, eye = both[0], both[1]
-    off = eye - centre
-    radius = float(torch.linalg.norm(off).clamp_min(1e-6))
-    elevation = -math.degrees(math.asin(max(-1.0, min(1.0, float(off[1]) / radius))))
-    azimuth = math.degrees(math.atan2(float(off[0]), float(off[2])))
+def _orbit(scene: Scene) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(elevation_deg, azimuth_deg, radius, centre [3])`` of the reference camera about the scene
+    centre (the mean object position), as tensors on the scene's device: float64, or float32 on
+    MPS (which has no float64). Nothing is read back, so a refine step never waits here."""
+    cam = scene.camera
+    dt = torch.float32 if cam.device.type == "mps" else torch.float64
+    centre = torch.stack([o.pose.translation.detach() for o in scene.objects]).to(dt).mean(0)
+    off = cam.c2w[0, :3, 3].detach().to(dt) - centre
+    radius = torch.linalg.norm(off).clamp_min(1e-6)
+    elevation = -torch.rad2deg(torch.asin((off[1] / radius).clamp(-1.0, 1.0)))
+    azimuth = torch.rad2deg(torch.atan2(off[0], off[2]))
     return elevation, azimuth, radius, centre
+
+
+def reference_orbit(scene: Scene) -> tuple[float, float, float, torch.Tensor]:
+    """:func:`_orbit` read back in one copy: ``(elevation_deg, azimuth_deg, radius, centre)``,
+    the first three as floats, ``centre`` a float64 CPU tensor."""
+    el, az, r, centre = _orbit(scene)
+    both = torch.cat([torch.stack([el, az, r]), centre]).cpu().double()
+    return float(both[0]), float(both[1]), float(both[2]), both[3:]
 
 
 def sample_views(scene: Scene, n: int, resolution: int, sampling: ViewSampling,
@@ -159,24 +165,17 @@ def sample_views(scene: Scene, n: int, resolution: int, sampling: ViewSampling,
     """``n`` square cameras of ``resolution`` pixels around the reference camera (:class:`ViewSampling`).
 
     The offsets come from ``generator`` (CPU); the orbit about the scene is computed on the
-    scene's device, so that a refine step never waits for the GPU here (:func:`reference_orbit`
-    is the same orbit, read back as numbers)."""
+    scene's device (:func:`_orbit`), so that a refine step never waits for the GPU here."""
     cam = scene.camera
-    device = cam.device
+    el0, az0, r0, centre = _orbit(scene)
     u = torch.rand(n, 3, generator=generator, dtype=torch.float64)
     ranges = (sampling.elevation_offset_deg, sampling.azimuth_offset_deg, sampling.radius_scale)
     lo = torch.tensor([r[0] for r in ranges], dtype=torch.float64)
     hi = torch.tensor([r[1] for r in ranges], dtype=torch.float64)
     draw = lo + (hi - lo) * u  # [n, 3]: elevation offset, azimuth offset, radius scale
-    if device.type == "cuda":
+    if cam.device.type == "cuda":
         draw = draw.pin_memory()
-    dt = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    draw = draw.to(device, dt, non_blocking=True)
-    centre = torch.stack([o.pose.translation.detach() for o in scene.objects]).to(dt).mean(0)
-    off = cam.c2w[0, :3, 3].detach().to(dt) - centre
-    r0 = torch.linalg.norm(off).clamp_min(1e-6)
-    el0 = -torch.rad2deg(torch.asin((off[1] / r0).clamp(-1.0, 1.0)))
-    az0 = torch.rad2deg(torch.atan2(off[0], off[2]))
+    draw = draw.to(cam.device, centre.dtype, non_blocking=True)
     el = (el0 + draw[:, 0]).clamp(-89.0, 89.0)
     az = az0 + draw[:, 1]
     r = r0 * draw[:, 2]
