@@ -235,7 +235,22 @@ class StageMemory:
         print("   ", line)
 
 
-def run_once(label: str, image_path: Path, boxes, out: Path, settings: PipelineSettings, device) -> dict:
+def run_once(label: str, image_path: Path, boxes, out: Path, settings: PipelineSettings, device,
+             profile_dir: Path | None = None) -> dict:
+    if profile_dir is not None:  # the same run under cProfile: where the wall time goes, per function
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        result = prof.runcall(run_once, label, image_path, boxes, out, settings, device)
+        text = io.StringIO()
+        stats = pstats.Stats(prof, stream=text).strip_dirs()
+        stats.sort_stats("cumulative").print_stats(70)
+        stats.sort_stats("tottime").print_stats(40)
+        profile_dir.mkdir(parents=True, exist_ok=True)
+        (profile_dir / f"profile_{label.replace('=', '-').replace(',', '_')[:60]}.txt").write_text(text.getvalue())
+        return result
     mem = StageMemory(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -295,6 +310,8 @@ def main(argv=None) -> int:
                     help="one more (warm) run with these settings changed, e.g. --also ssds_views=4; repeatable")
     ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE[,PATH=VALUE]",
                     help="settings of every run, by dotted path, e.g. --set refine.guided_steps=120,inpaint.scheduler=model")
+    ap.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                    help="run every pipeline run under cProfile and write its top functions to DIR (slower)")
     ap.add_argument("--reuse-models", action="store_true",
                     help="with --models: use the files already there (written by an earlier invocation)")
     for name, t in NUMERIC.items():  # every numeric setting of the run, e.g. --ssds-views 4
@@ -335,11 +352,12 @@ def main(argv=None) -> int:
             "refine_resolution", "ssds_views", "ssds_resolution")) + f", depth={args.depth}, "
               f"guidance={'off' if args.no_guidance else 'SD 1.5'}")
         runs = [run_once("cold" if i == 0 else f"warm{'' if args.runs == 2 else i}", image_path, boxes,
-                         Path(tmp) / f"run{i}" / "scene.glb", settings, device) for i in range(args.runs)]
+                         Path(tmp) / f"run{i}" / "scene.glb", settings, device, args.profile) for i in range(args.runs)]
         for k, spec in enumerate(args.also):
             changed = parse_also(spec)
             runs.append(run_once(",".join(f"{a}={b}" for a, b in changed.items()), image_path, boxes,
-                                 Path(tmp) / f"also{k}" / "scene.glb", with_settings(settings, changed), device)
+                                 Path(tmp) / f"also{k}" / "scene.glb", with_settings(settings, changed), device,
+                                 args.profile)
                         | {"changed": changed})
     print()
     print_table(runs, device)

@@ -110,12 +110,16 @@ def timed(fn, device, repeats: int) -> float:
 
 
 PROMPT = "a red box (on top of:25) a blue box"
+# Guidance at every step and no convergence stop: an iteration of ``1 + n`` steps is ``1 + n``
+# guided iterations (the defaults guide every 2nd step and may stop early).
+EVERY_STEP = RefineSettings(steps=1, guided_steps=0, guidance_every=1, stop_tolerance=0.0, resolution=128,
+                            preview_every=0)
 
 
 def timed_reference_only(scene, targets, device, repeats: int) -> float:
     """ms per refine iteration without guidance (difference of ``1 + n`` and ``1`` steps)."""
     def refine(steps):
-        refine_poses(scene, targets, RefineSettings(steps=steps, resolution=128, preview_every=0))
+        refine_poses(scene, targets, replace(EVERY_STEP, steps=steps))
     refine(2)
     one = timed(lambda: refine(1), device, 2)
     many = timed(lambda: refine(1 + 4 * repeats), device, 1)
@@ -140,7 +144,7 @@ def report_syncs(model, scene, targets, device, model_resolution: int) -> None:
         sites[where] += 1
 
     with SSDSGuidance(model, settings) as guidance:
-        refine_poses(scene, targets, RefineSettings(steps=2, resolution=128, preview_every=0), guidance=guidance)
+        refine_poses(scene, targets, replace(EVERY_STEP, steps=2), guidance=guidance)
         old = warnings.showwarning
         warnings.showwarning = record
         try:
@@ -148,8 +152,7 @@ def report_syncs(model, scene, targets, device, model_resolution: int) -> None:
                 warnings.simplefilter("always")
                 torch.cuda.set_sync_debug_mode("warn")
                 try:
-                    refine_poses(scene, targets, RefineSettings(steps=steps, resolution=128, preview_every=0),
-                                 guidance=guidance)
+                    refine_poses(scene, targets, replace(EVERY_STEP, steps=steps), guidance=guidance)
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
         finally:
@@ -159,6 +162,37 @@ def report_syncs(model, scene, targets, device, model_resolution: int) -> None:
         print(f"  {count:4d}  {where}")
     if not sites:
         print("  none")
+
+
+def profile_steps(model, scene, targets, device, steps: int = 6, trace: Path | None = None) -> None:
+    """Where a refine iteration's time goes: torch.profiler over ``steps`` guided and ``steps``
+    reference-only iterations. Prints wall ms per iteration, the GPU's busy ms (kernel time) per
+    iteration, and the ops that cost most GPU and most CPU time. A wall time well above the busy
+    time means the GPU waits for the CPU to issue work."""
+    from torch.profiler import ProfilerActivity, profile
+
+    settings = SSDSSettings(prompt=PROMPT, views=4)
+    with SSDSGuidance(model, settings) as guidance:
+        for label, g in (("guided (SSDS, 4 views)", guidance), ("reference + physics only", None)):
+            run = replace(EVERY_STEP, steps=steps)
+            refine_poses(scene, targets, replace(run, steps=2), guidance=g)  # warm-up
+            sync(device)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                t0 = time.perf_counter()
+                refine_poses(scene, targets, run, guidance=g)
+                sync(device)
+                wall = (time.perf_counter() - t0) * 1000 / steps
+            events = prof.key_averages()
+            busy = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in events)
+            kernels = sum(e.count for e in events if getattr(e, "device_type", None) is not None
+                          and "CUDA" in str(e.device_type))
+            print(f"\n## {label}: {wall:.1f} ms wall per iteration, GPU busy {busy / 1000 / steps:.1f} ms "
+                  f"per iteration ({busy / 1000 / steps / wall:.0%}), {kernels / steps:.0f} kernels per iteration "
+                  f"(set-up and the final read-back included)")
+            print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
+            print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
+            if trace is not None:
+                prof.export_chrome_trace(str(trace.with_name(f"{trace.stem}_{'guided' if g else 'ref'}.json")))
 
 
 def bench_one(model, scene, targets, res: int, views: int, variant: str, device, repeats: int, warmup: int,
@@ -180,8 +214,7 @@ def bench_one(model, scene, targets, res: int, views: int, variant: str, device,
 
     def refine(steps):
         with amp:
-            refine_poses(scene, targets, RefineSettings(steps=steps, resolution=128, preview_every=0),
-                         guidance=guidance)
+            refine_poses(scene, targets, replace(EVERY_STEP, steps=steps), guidance=guidance)
 
     for _ in range(warmup):
         bare()
@@ -211,6 +244,9 @@ def main(argv=None) -> None:
                     help="SSDSSettings.model_resolution (0: the UNet's native 512)")
     ap.add_argument("--syncs", action="store_true",
                     help="CUDA: list every place a refine step waits for the GPU (torch's sync debug mode)")
+    ap.add_argument("--profile", action="store_true",
+                    help="CUDA: profile guided and reference-only iterations (GPU busy vs wall, top ops) and exit")
+    ap.add_argument("--trace", type=Path, default=None, help="with --profile: write chrome traces next to this path")
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
@@ -233,6 +269,9 @@ def main(argv=None) -> None:
           f"model {'tiny' if args.tiny else 'SD-1.5-sized (random weights)'}")
     ref_only = timed_reference_only(scene, targets, device, args.repeats)
     print(f"refine iteration without guidance (reference view + physics): {ref_only:.1f} ms")
+    if args.profile:
+        profile_steps(build_model(args.tiny, device, dtype), scene, targets, device, trace=args.trace)
+        return
     if args.syncs and device.type == "cuda":
         report_syncs(build_model(args.tiny, device, dtype), scene, targets, device, args.model_resolution)
     print("| variant | render | views | bare SDS step ms | refine iteration ms | ratio | peak VRAM GiB |")
