@@ -84,18 +84,38 @@ def _load_clip_text_state(model, state: dict[str, torch.Tensor], what: str) -> N
         raise ValueError(f"{what}: the text encoder weights lack {len(missing)} tensors the config expects, e.g. "
                          f"{missing[:3]}; the checkpoint and the config do not match")
     try:
-        model.load_state_dict(fitted, strict=False)
+        model.load_state_dict(fitted, strict=False, assign=True)
     except RuntimeError as e:  # shape mismatches
         raise ValueError(f"{what}: the text encoder weights do not fit the config: {str(e)[:400]}") from None
+    # position_ids is a buffer that checkpoints do not hold: made here, as the model's __init__ does
+    for m in model.modules():
+        ids = m._buffers.get("position_ids")
+        if ids is not None and ids.is_meta:
+            n = model.config.max_position_embeddings
+            m.register_buffer("position_ids", torch.arange(n).expand((1, -1)), persistent=False)
+    left = [k for k, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise ValueError(f"{what}: the text encoder weights lack {left[:3]}; the checkpoint and the config do not "
+                         "match")
+
+
+def _empty_clip_text_model(config):
+    """A ``CLIPTextModel`` of ``config`` on the meta device: no memory and no random initialisation
+    (which took about 3 s per model on a CPU for SD 2's text encoder); the weights are assigned
+    from the checkpoint afterwards (:func:`_load_clip_text_state`)."""
+    from transformers import CLIPTextModel
+
+    with torch.device("meta"):
+        return CLIPTextModel(config)
 
 
 def text_encoder_from_single_file(state, config_dir: Path, family: str, dtype, what: str):
     """The ``CLIPTextModel`` of ``config_dir/text_encoder`` with the text weights of a single-file
     checkpoint ``state`` (SD1 or SD2 layout, ``family``), in ``dtype``, eval mode."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig
 
     config = CLIPTextConfig.from_pretrained(str(config_dir / "text_encoder"), local_files_only=True)
-    model = CLIPTextModel(config)
+    model = _empty_clip_text_model(config)
     try:
         text_state = _sd1_text_state(state) if family == "sd1" else _sd2_text_state(state, config.num_hidden_layers)
     except KeyError as e:
@@ -120,10 +140,10 @@ def _read_component_weights(folder: Path, what: str) -> dict[str, torch.Tensor]:
 
 def text_encoder_from_folder(folder: Path, dtype, what: str):
     """The ``CLIPTextModel`` of a diffusers ``text_encoder`` folder (config + weights), in ``dtype``, eval mode."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig
 
     config = CLIPTextConfig.from_pretrained(str(folder), local_files_only=True)
-    model = CLIPTextModel(config)
+    model = _empty_clip_text_model(config)
     _load_clip_text_state(model, _read_component_weights(folder, what), what)
     return cast_module(model, dtype).eval()
 
