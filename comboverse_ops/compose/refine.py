@@ -229,7 +229,7 @@ class _PoseParams:
             k = depth / depth.detach()
             cam, scale, rotation = cam.detach() * k, scale.detach() * k, rotation.detach()
         t = cam @ self.c2w[:3, :3].T + self.c2w[:3, 3]
-        return [Pose(scale[i], rotation[i], t[i]) for i in range(t.shape[0])]
+        return Pose.batch(scale, rotation, t)
 
 
 class _Movement:

@@ -107,6 +107,20 @@ class Pose:
             return x
         return cls(t(scale, 1), t(rotation, 3), t(translation, 3))
 
+    @classmethod
+    def batch(cls, scale: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> list["Pose"]:
+        """``N`` poses from ``[N, 1]`` scales, ``[N, 3]`` rotation vectors and ``[N, 3]``
+        translations, each pose's rotation matrix computed now and kept with it (an optimisation
+        step asks each pose for its matrix many times: renders, physics terms). One pose at a
+        time, not batched: a batched matrix product rounds differently in the last bit."""
+        poses = []
+        for i in range(rotation.shape[0]):
+            pose = cls(scale[i], rotation[i], translation[i])
+            # not a field: replace() and detach() make poses without it
+            object.__setattr__(pose, "_matrix", rotvec_to_matrix(pose.rotation))
+            poses.append(pose)
+        return poses
+
     def parameters(self) -> list[torch.Tensor]:
         return [self.scale, self.rotation, self.translation]
 
@@ -123,8 +137,9 @@ class Pose:
         return Pose(*(p.to(device=device, dtype=dtype) for p in self.parameters()))
 
     def rotation_matrix(self) -> torch.Tensor:
-        """``[3, 3]`` rotation matrix."""
-        return rotvec_to_matrix(self.rotation)
+        """``[3, 3]`` rotation matrix (computed once for poses made by :meth:`batch`)."""
+        kept = self.__dict__.get("_matrix")
+        return kept if kept is not None else rotvec_to_matrix(self.rotation)
 
     def matrix(self) -> torch.Tensor:
         """``[4, 4]`` object-to-world matrix."""
