@@ -164,6 +164,37 @@ def report_syncs(model, scene, targets, device, model_resolution: int) -> None:
         print("  none")
 
 
+WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpyAsync", "cudaMemcpy", "aten::_local_scalar_dense",
+         "aten::nonzero")
+
+
+def _waits_by_frame(prof):
+    """Counts of :data:`WAITS` events (syncs, copies, reads back) by the innermost Python frame in
+    the pack (and the innermost frame of all, when that is a library's). With ``with_stack``, the
+    profiler records Python calls as the parents of the ops they run."""
+    import collections
+
+    counts: collections.Counter = collections.Counter()
+    for e in prof.events():
+        if e.name not in WAITS:
+            continue
+        frames, node = [], getattr(e, "cpu_parent", None)
+        while node is not None:
+            if ".py(" in node.name:
+                frames.append(node.name.split("/")[-1])
+            node = getattr(node, "cpu_parent", None)
+        ours = [f for f in frames if "comboverse_ops" in f or any(m in f for m in PACK_FILES)]
+        where = (ours or frames or ["?"])[0]
+        if ours and frames[0] != ours[0]:
+            where += f" <- {frames[0]}"
+        counts[f"{e.name}: {where}"] += 1
+    return counts
+
+
+# the pack's file names (the profiler's frames keep only the file's base name after the split)
+PACK_FILES = tuple(f"{p.name}(" for p in (ROOT / "comboverse_ops").rglob("*.py"))
+
+
 def profile_steps(model, scene, targets, device, steps: int = 6, trace: Path | None = None) -> None:
     """Where a refine iteration's time goes: torch.profiler over ``steps`` guided and ``steps``
     reference-only iterations. Prints wall ms per iteration, the GPU's busy ms (kernel time) per
@@ -177,7 +208,7 @@ def profile_steps(model, scene, targets, device, steps: int = 6, trace: Path | N
             run = replace(EVERY_STEP, steps=steps)
             refine_poses(scene, targets, replace(run, steps=2), guidance=g)  # warm-up
             sync(device)
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
                 t0 = time.perf_counter()
                 refine_poses(scene, targets, run, guidance=g)
                 sync(device)
@@ -191,6 +222,9 @@ def profile_steps(model, scene, targets, device, steps: int = 6, trace: Path | N
                   f"(set-up and the final read-back included)")
             print(events.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
             print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
+            print(f"Waits and host-device copies in {steps} iterations, by the pack's innermost frame:")
+            for where, count in _waits_by_frame(prof).most_common(30):
+                print(f"  {count:4d}  {where}")
             if trace is not None:
                 prof.export_chrome_trace(str(trace.with_name(f"{trace.stem}_{'guided' if g else 'ref'}.json")))
 
