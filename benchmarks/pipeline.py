@@ -57,6 +57,7 @@ from comboverse_ops.settings import _parser_of, field_type, get_path  # noqa: E4
 # Every numeric setting by its flat name (run fields, and the stage settings' old flat names): type.
 NUMERIC = {f.name: {"int": int, "float": float}[f.type] for f in fields(PipelineSettings) if f.type in ("int", "float")}
 NUMERIC |= {old: type(get_path(PipelineSettings().stages, new)) for old, new in LEGACY_NAMES.items()}
+TEXT = ("keep_models",)  # run fields given as text, e.g. --set keep_models=offload
 
 
 def _get(settings: PipelineSettings, name: str):
@@ -219,6 +220,7 @@ class StageMemory:
 
     def __init__(self, device: torch.device):
         self.device, self.stage, self.peaks = device, None, {}
+        self.t0 = time.perf_counter()
 
     def close(self):
         if self.stage is not None and self.device.type == "cuda":
@@ -232,7 +234,7 @@ class StageMemory:
             if line.startswith(opener) and stage != self.stage and stage not in self.peaks:
                 self.close()
                 self.stage = stage
-        print("   ", line)
+        print(f"    [{time.perf_counter() - self.t0:7.1f} s] {line}", flush=True)  # stage times of a run cut short
 
 
 def run_once(label: str, image_path: Path, boxes, out: Path, settings: PipelineSettings, device,
@@ -350,7 +352,7 @@ def main(argv=None) -> int:
         print("settings: " + ", ".join(f"{k}={_get(settings, k)}" for k in (
             "inpaint_steps", "inpaint_resolution", "mc_resolution", "max_faces", "refine_steps",
             "refine_resolution", "ssds_views", "ssds_resolution")) + f", depth={args.depth}, "
-              f"guidance={'off' if args.no_guidance else 'SD 1.5'}")
+              f"guidance={'off' if args.no_guidance else 'SD 1.5'}, keep_models={settings.keep_models}")
         runs = [run_once("cold" if i == 0 else f"warm{'' if args.runs == 2 else i}", image_path, boxes,
                          Path(tmp) / f"run{i}" / "scene.glb", settings, device, args.profile) for i in range(args.runs)]
         for k, spec in enumerate(args.also):
@@ -404,6 +406,9 @@ def parse_also(spec: str) -> dict:
         key = key.strip().replace("-", "_")
         if key in NUMERIC:
             out[key] = NUMERIC[key](value)
+            continue
+        if key in TEXT:
+            out[key] = value
             continue
         try:
             default = get_path(PipelineSettings().stages, key)

@@ -320,6 +320,7 @@ def _add_setting_flags(run) -> None:
     from dataclasses import fields
 
     from .pipeline import PipelineSettings
+    from .run_settings import KEEP_MODELS, RESIDENT_MIN_GIB
     from .presets import PRESETS, StageSettings
     from ..settings import add_flags, field_type
 
@@ -340,6 +341,10 @@ def _add_setting_flags(run) -> None:
     run.add_argument("--depth", default=None, help="Depth Anything V2 model folder (save_pretrained layout) for "
                                                    "InitPose's depth; without it objects start at one depth")
     run.add_argument("--preview-size", type=int, default=d.preview_size, help="longer side of the preview PNGs")
+    run.add_argument("--keep-models", choices=KEEP_MODELS, default=d.keep_models,
+                     help=f"where models wait between stages and runs: gpu keeps them there (no transfers; all "
+                          f"five models peak at about 15 GiB), offload moves each stage's models to CPU memory (peak "
+                          f"about 8.6 GiB), auto keeps them on GPUs of {RESIDENT_MIN_GIB:.0f} GiB and more")
     run.add_argument("--preset", choices=sorted(PRESETS), default="default",
                      help="start from these stage settings (comboverse_ops/app/presets.py); the flags below override "
                           "it. paper: the paper's values (10 SSDS views, ...); fast: a quick look")
@@ -378,7 +383,7 @@ def _settings_from_args(args, prompt: str = "", phrases: str | None = None, devi
         models_dir=args.models, sam=args.sam, inpaint=args.inpaint, inpaint_config=args.inpaint_config,
         no_inpaint=args.no_inpaint, lift3d=args.lift3d, guidance=args.guidance,
         guidance_config=args.guidance_config, prompt=prompt, phrases=phrases, device=device, seed=args.seed,
-        depth=args.depth, preview_size=args.preview_size, stages=stages, **extra)
+        depth=args.depth, preview_size=args.preview_size, keep_models=args.keep_models, stages=stages, **extra)
 
 
 def _add_run_workflow_parser(sub) -> None:

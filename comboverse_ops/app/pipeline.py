@@ -22,7 +22,8 @@ dataclass the node's widgets are generated from):
 Each stage is a function ``(run, inputs...) -> its output dataclass``; :class:`Run` carries what
 every stage shares (settings, device, model files, timings, the models used). Between stages the
 previous stage's models leave the GPU (``.to("cpu")`` on the loaders' holders; bare modules in
-the shared cache go through ``MODEL_CACHE.offload``).
+the shared cache go through ``MODEL_CACHE.offload``), unless the run keeps them there
+(``--keep-models``: by default on GPUs of 30 GiB and more, where all of them fit).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import torch
 from ..types.images import load_image_hwc  # re-exported: the CLI's picture loader
 from ..models.precision import model_dtype
 from .run_settings import (LEGACY_NAMES, PipelineInputs, PipelineSettings, check_inputs, find_models, models_root,
-                           output_paths, pipeline_device, tokenizer_dirs, with_settings)
+                           models_stay_on_gpu, output_paths, pipeline_device, tokenizer_dirs, with_settings)
 
 __all__ = ["PipelineSettings", "PipelineInputs", "LEGACY_NAMES", "check_inputs", "run_pipeline", "find_models",
            "load_image_hwc", "with_settings", "models_root", "output_paths", "Run", "Detected", "Objects", "Lifted",
@@ -49,10 +50,13 @@ __all__ = ["PipelineSettings", "PipelineInputs", "LEGACY_NAMES", "check_inputs",
            "export_stage"]
 
 
-def _offload(*handles) -> None:
-    """Move stage models off the GPU (holders with ``.to``, and bare modules in the shared cache)."""
+def _offload(run: "Run", *handles) -> None:
+    """Move stage models off the GPU (holders with ``.to``, and bare modules in the shared cache),
+    unless the run keeps them there (:attr:`Run.resident`, ``--keep-models``)."""
     from ..models.cache import MODEL_CACHE
 
+    if run.resident:
+        return
     for h in handles:
         if h is not None:
             h.to("cpu")
@@ -73,6 +77,11 @@ class Run:
     log: Callable = print
     seconds: dict[str, float] = field(default_factory=dict)
     models_used: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def resident(self) -> bool:
+        """Whether models stay on the GPU between stages and runs (``settings.keep_models``)."""
+        return models_stay_on_gpu(self.settings.keep_models, self.device)
 
     @property
     def root(self) -> Path:
@@ -136,7 +145,7 @@ def detect_stage(run: Run, image: torch.Tensor, phrases: tuple) -> Detected:
         found = detect_phrases(detector, image.to(run.device), phrases, s.stage("detect"), what="--detect")
         run.models_used["detect"] = {"kind": f"{detector.model_type} (open-vocabulary detector)",
                                      "file": str(s.detect)}
-        _offload(detector)
+        _offload(run, detector)
     return Detected(parse_boxes(found.boxes.tolist(), tuple(image.shape[:2]), what="--detect"), tuple(found.phrases))
 
 
@@ -165,7 +174,7 @@ def inpaint_stage(run: Run, image: torch.Tensor, objects: Objects, sam) -> Objec
         if files["inpaint"] is None:
             run.log("Inpaint: skipped (--no-inpaint); Segment's crops go to Lift3D")
             run.models_used["inpaint"] = {"kind": "skipped", "file": None}
-            _offload(sam)
+            _offload(run, sam)
             return objects
         run.log(f"Inpaint: SD inpainting {files['inpaint']}")
         sd = load_sd_model(files["inpaint"], expect="inpainting", device=run.device, config_dir=s.inpaint_config,
@@ -174,7 +183,7 @@ def inpaint_stage(run: Run, image: torch.Tensor, objects: Objects, sam) -> Objec
         settings = s.stage("inpaint")
         with run.bar("inpaint", settings.steps * max(1, len(objects.layout))) as cb:
             res = inpaint_objects(image, objects.layout, sd, settings, s.stage("recenter"), sam=sam, callback=cb)
-        _offload(sam, sd)
+        _offload(run, sam, sd)
     return Objects(objects.layout, res.crops, res.crop_masks, tuple(bool(x) for x in res.windows.occluded),
                    objects.rgb)
 
@@ -194,7 +203,7 @@ def lift3d_stage(run: Run, objects: Objects) -> Lifted:
         with run.bar("lift3d", len(objects.layout)) as cb:
             meshes, _ = reconstruct_objects(tsr.model, objects.crops, objects.crop_masks, run.settings.stage("lift3d"),
                                             names=names, callback=cb)
-        _offload(tsr)
+        _offload(run, tsr)
     return Lifted(meshes, names)
 
 
@@ -215,7 +224,7 @@ def init_pose_stage(run: Run, image: torch.Tensor, layout, lifted: Lifted):
             dmodel = load_depth_model(s.depth, device=run.device, dtype=model_dtype("auto", run.device)).to(run.device)
             disparity = estimate_disparity(dmodel, image.to(run.device))  # [H, W] in [0, 1], 1 = near
             run.models_used["depth"] = {"kind": "Depth Anything (relative disparity)", "file": str(s.depth)}
-            _offload(dmodel)
+            _offload(run, dmodel)
         poses = init_poses(lifted.meshes, layout, camera, disparity, s.stage("init"))
         return Scene([SceneObject(n, m.to(run.device), p) for n, m, p in zip(lifted.names, lifted.meshes, poses)],
                      camera, meta=layout_meta(layout))
@@ -258,7 +267,7 @@ def refine_stage(run: Run, rgb: torch.Tensor, layout, start):
             if guidance is not None:
                 guidance.close()  # the cached model goes back as it was (attention processors, tensors)
         if gmodel is not None:
-            _offload(gmodel)
+            _offload(run, gmodel)
     return result
 
 
