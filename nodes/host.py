@@ -202,7 +202,8 @@ class Progress:
 # ----------------------------------------------------------------------------------------------
 # Model folders, devices and ComfyUI's memory manager (Segment / Inpaint loaders)
 
-from ..comboverse_ops.models.folders import SAM_FOLDER, TRIPOSR_FOLDER, WEIGHT_SUFFIXES, default_models_dir  # noqa: E402
+from ..comboverse_ops.models.folders import (  # noqa: E402
+    CHECKPOINTS_FOLDER, SAM_FOLDER, TRIPOSR_FOLDER, WEIGHT_SUFFIXES, default_models_dir)
 
 PACK_FOLDERS = (SAM_FOLDER, TRIPOSR_FOLDER)  # model folders this pack adds to ComfyUI's
 _PT_EXTENSIONS = set(WEIGHT_SUFFIXES)
@@ -298,7 +299,7 @@ SD_DIFFUSERS_PREFIX = "diffusers/"
 
 def sd_model_choices() -> list[str]:
     """Checkpoint files (models/checkpoints) and diffusers folders (models/diffusers, as ``diffusers/<name>``)."""
-    names = list(model_files("checkpoints"))
+    names = list(model_files(CHECKPOINTS_FOLDER))
     for root in model_folder_paths("diffusers"):
         if root.is_dir():
             names += sorted(SD_DIFFUSERS_PREFIX + p.parent.relative_to(root).as_posix()
@@ -310,7 +311,7 @@ def resolve_sd_model(name: str, node: str) -> Path:
     """A checkpoint file or diffusers folder chosen in :func:`sd_model_choices` (or an absolute path)."""
     if name.startswith(SD_DIFFUSERS_PREFIX) and not Path(name).is_absolute():
         return resolve_model_file("diffusers", name[len(SD_DIFFUSERS_PREFIX):], node)
-    return resolve_model_file("checkpoints", name, node)
+    return resolve_model_file(CHECKPOINTS_FOLDER, name, node)
 
 
 def clip_tokenizer_dirs() -> list[Path]:

@@ -67,7 +67,8 @@ class LoadLift3DModel:
 
 class Lift3D:
     DESCRIPTION = ("Reconstructs one textured mesh per object crop with TripoSR (ComboVerse stage 1): each crop is "
-                   "re-centred on grey using its mask, lifted to a triplane, meshed by marching cubes, decimated and "
+                   "put on grey using its mask and, unless already framed as ComboVerse Segment and Inpaint frame "
+                   "them (centred, longer side foreground_ratio of the side), re-centred; then lifted to a triplane, meshed by marching cubes, decimated and "
                    "coloured, then put into the pack's object frame (front +Z, up +Y, unit size). To use another "
                    "image-to-3D model instead, feed its meshes to 'ComboVerse Meshes From MESH'.")
     CATEGORY = "ComboVerse/lift3d"

@@ -98,6 +98,33 @@ def test_inpainting_changes_only_the_inpaint_mask_and_the_same_seed_gives_the_sa
     assert not torch.equal(other.completed[0], result.completed[0])
 
 
+def test_objects_nothing_hides_keep_segments_crops_as_given(occlusion):
+    """Inpaint neither cuts out nor frames again what it does not complete: the crops it is given
+    come back as they are (here marked, to tell them from any crop made anew); the model is not
+    needed when nothing is occluded."""
+    from comboverse_ops.decompose.crops import RecenterSettings
+    from comboverse_ops.decompose.inpaint import InpaintSettings, inpaint_objects
+    from comboverse_ops.decompose.segment import objects_from_masks
+    from comboverse_ops.types.layout import Layout
+
+    image, layout, _ = occlusion
+    alone = Layout(layout.boxes[1:], layout.image_size, layout.phrases[1:], layout.masks[1:])  # the blue square
+    recenter = RecenterSettings(size=96)
+    seg = objects_from_masks(image, alone.masks, recenter=recenter)
+    marked = seg.crops.clone()
+    marked[:, :4, :4] = torch.tensor([0.0, 1.0, 0.0])
+    result = inpaint_objects(image, alone, None, InpaintSettings(**SETTINGS), recenter,
+                             crops=(marked, seg.crop_masks))
+    assert result.windows.occluded == (False,)
+    assert torch.equal(result.crops, marked) and torch.equal(result.crop_masks, seg.crop_masks)
+    assert torch.equal(result.completed_masks, result.windows.object_masks)
+    plain = inpaint_objects(image, alone, None, InpaintSettings(**SETTINGS), recenter)  # no crops: framed as Segment
+    assert torch.equal(plain.crops, seg.crops) and torch.equal(plain.crop_masks, seg.crop_masks)
+    with pytest.raises(ValueError, match=r"expected Segment.s 1 crops \[1, 64, 64, 3\].*got \(1, 96, 96, 3\)"):
+        inpaint_objects(image, alone, None, InpaintSettings(**SETTINGS), RecenterSettings(size=64),
+                        crops=(marked, seg.crop_masks))
+
+
 def test_a_perfect_inpainter_gives_back_the_whole_object(pack, occlusion):
     # Prepare -> any inpainting -> Finish. Here the "inpainter" knows the truth: the hidden part of the red
     # square is red, the rest of the box is background. Finish must cut out the whole square.

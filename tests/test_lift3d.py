@@ -15,7 +15,7 @@ import torch
 from comboverse_ops.lift3d.checkpoint import build_triposr, load_triposr, read_state_dict
 from comboverse_ops.lift3d.config import load_triposr_config
 from comboverse_ops.meshio.frames import frame_rotation
-from comboverse_ops.lift3d.preprocess import conditioning_images
+from comboverse_ops.lift3d.preprocess import conditioning_images, is_framed
 from comboverse_ops.lift3d.reconstruct import Lift3DSettings, reconstruct_objects
 from comboverse_ops.lift3d.surface import marching_cubes, sample_density_grid
 from comboverse_ops.meshio.decimate import decimate
@@ -277,6 +277,84 @@ def test_crops_are_recentred_on_grey_from_their_masks():
     assert abs(float(xs.float().mean()) - 49.5) < 1.5 and abs(float(ys.float().mean()) - 49.5) < 1.5
     assert abs(int(xs.max() - xs.min() + 1) - 80) <= 2  # the longer side spans 80% of the image
     assert torch.allclose(cond[0, 0], torch.full((3,), 0.5))  # grey background
+
+
+def _object_picture(h=300, w=400):
+    """A random-colour picture with an ellipse and a rectangle object (masks 1 = object)."""
+    image = torch.rand(h, w, 3, generator=torch.Generator().manual_seed(3))
+    yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    ellipse = (((xx - 170) / 90) ** 2 + ((yy - 140) / 60) ** 2 <= 1).float()
+    rect = ((xx > 50) & (xx < 251) & (yy > 30) & (yy < 120)).float()
+    return image, [ellipse, rect]
+
+
+def _resized(crop_hwc, size):
+    x = crop_hwc.permute(2, 0, 1)[None]
+    return torch.nn.functional.interpolate(x, (size, size), mode="bilinear", align_corners=False,
+                                           antialias=True)[0].permute(1, 2, 0)
+
+
+def test_a_segment_crop_reaches_the_model_as_segment_framed_it():
+    """Framed once: Lift3D takes Segment's crops as they are. Before, it composited them over grey
+    a second time and framed them again (cutting off the antialiased fringe): the model saw edge
+    pixels up to 0.16 (ellipse) and 0.23 (rectangle) off Segment's 512 px grey crops."""
+    from comboverse_ops.decompose.crops import RecenterSettings, recenter_object
+
+    image, masks = _object_picture()
+    for mask in masks:
+        grey = recenter_object(image, mask, RecenterSettings(size=512))
+        assert is_framed(grey.mask)
+        cond = conditioning_images(grey.image[None], grey.mask[None], 512)[0]
+        assert torch.equal(cond, grey.image)  # on grey at TripoSR's 512: exactly Segment's crop
+        small = recenter_object(image, mask, RecenterSettings(size=256))
+        cond = conditioning_images(small.image[None], small.mask[None], 512)[0]
+        assert float((cond - _resized(small.image, 512)).abs().max()) < 1e-6  # only resized
+        white = recenter_object(image, mask, RecenterSettings(size=512, background="white"))
+        a = white.mask[..., None]
+        cond = conditioning_images(white.image[None], white.mask[None], 512)[0]
+        assert float((cond - (white.image * a + 0.5 * (1 - a))).abs().max()) < 1e-6  # only put on grey
+        assert torch.allclose(cond[0, 0], torch.full((3,), 0.5))
+
+
+def test_segment_crops_count_as_framed_over_shapes_sizes_and_ratios():
+    from comboverse_ops.decompose.crops import RecenterSettings, recenter_object
+
+    g = torch.Generator().manual_seed(5)
+    for k in range(24):
+        h, w = (int(v) for v in torch.randint(40, 700, (2,), generator=g))
+        yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+        cx, cy = float(torch.rand(1, generator=g)) * w, float(torch.rand(1, generator=g)) * h
+        ax, ay = 4 + float(torch.rand(1, generator=g)) * w / 3, 4 + float(torch.rand(1, generator=g)) * h / 3
+        mask = (((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2 <= 1) if k % 2 else \
+            (((xx - cx).abs() < ax) & ((yy - cy).abs() < ay))
+        size, ratio = (512, 256, 64, 128)[k % 4], (0.85, 0.7, 0.95)[k % 3]
+        crop = recenter_object(torch.rand(h, w, 3, generator=g), mask.float(),
+                               RecenterSettings(size=size, foreground_ratio=ratio))
+        assert is_framed(crop.mask, ratio), (k, h, w, size, ratio)
+        assert torch.equal(conditioning_images(crop.image[None], crop.mask[None], size, foreground_ratio=ratio)[0],
+                           crop.image)
+
+
+@pytest.mark.parametrize("shift, side", [((0, 5), 85), ((-3, 0), 85), ((0, 0), 60), ((0, 0), 95)])
+def test_an_off_centre_or_loosely_framed_crop_is_framed_again(shift, side):
+    """Crops from elsewhere (another node, a loaded picture and its mask) still get TripoSR's framing."""
+    image = torch.zeros(1, 100, 100, 3)
+    image[..., 0] = 1.0  # red; only the masked part survives
+    mask = torch.zeros(1, 100, 100)
+    y0, x0 = 50 - side // 2 + shift[0], 50 - side // 2 + shift[1]
+    mask[0, y0 + 10:y0 + side - 10, x0:x0 + side] = 1  # wider than tall
+    assert not is_framed(mask[0], 0.85)
+    cond = conditioning_images(image, mask, 200, foreground_ratio=0.85)[0]
+    ys, xs = torch.nonzero(cond[..., 0] > 0.75, as_tuple=True)  # coverage above 0.5
+    assert abs(int(xs.max() - xs.min() + 1) - 170) <= 2  # 0.85 of 200
+    assert abs(float(xs.min() + xs.max() + 1) / 2 - 100) <= 1.5 and abs(float(ys.min() + ys.max() + 1) / 2 - 100) <= 1.5
+
+
+def test_a_crop_that_is_not_square_is_never_taken_as_framed():
+    mask = torch.zeros(100, 120)
+    mask[8:93, 18:103] = 1  # 85 px in the middle, but of a 100 x 120 crop
+    assert not is_framed(mask, 0.85)
+    assert is_framed(mask[:, 10:110], 0.85)
 
 
 def test_an_empty_mask_or_a_blank_crop_is_a_clear_error(tiny_model):

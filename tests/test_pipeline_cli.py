@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import ROOT
 from tiny_models import occluded_pair, save_tiny_depth_anything, save_tiny_sam, save_tiny_sd, save_tiny_triposr
@@ -57,8 +58,34 @@ def _png_size(path: Path) -> tuple[int, int]:
         return im.size
 
 
-def test_run_writes_glb_previews_and_report_with_every_stage(setup):
+def _spy(monkeypatch, module, name, calls):
+    """Record what ``module.name`` returns (the pipeline imports it when a stage runs)."""
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((args, out))
+        return out
+
+    monkeypatch.setattr(module, name, spy)
+
+
+def _resized(images, size):
+    """``[B, H, W, 3]`` images resized as Lift3D resizes a framed crop (bilinear, antialiased)."""
+    x = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), (size, size), mode="bilinear",
+                                        align_corners=False, antialias=True)
+    return x.permute(0, 2, 3, 1)
+
+
+def test_run_writes_glb_previews_and_report_with_every_stage(setup, monkeypatch):
     from comboverse_ops.app.cli import main
+    from comboverse_ops.decompose import inpaint, segment
+    from comboverse_ops.lift3d import reconstruct
+
+    seen = {"segment": [], "inpaint": [], "lift3d": []}
+    _spy(monkeypatch, segment, "segment_image", seen["segment"])
+    _spy(monkeypatch, inpaint, "inpaint_objects", seen["inpaint"])
+    _spy(monkeypatch, reconstruct, "reconstruct_objects", seen["lift3d"])
 
     out = setup["root"] / "out" / "scene.glb"
     assert main(["run", str(setup["image"]), "--boxes", setup["boxes"], "--phrases", setup["phrases"],
@@ -84,10 +111,24 @@ def test_run_writes_glb_previews_and_report_with_every_stage(setup):
         assert len(o["translation"]) == 3 and len(o["rotation"]) == 3 and o["scale"] > 0
     assert "same depth" in report["init_pose"]["depth"]
     assert not list(out.parent.glob("*.tmp*"))  # atomic writes leave nothing behind
+    # Objects framed once: objects nothing hides would keep Segment's crops through Inpaint (both are hidden
+    # here), and TripoSR sees every crop as Inpaint framed it, only resized to its 64 px.
+    seg, inp = seen["segment"][0][1], seen["inpaint"][0][1]
+    (_, crops, crop_masks, *_), (_, cond) = seen["lift3d"][0]
+    assert torch.equal(crops, inp.crops) and torch.equal(crop_masks, inp.crop_masks)
+    for i, occluded in enumerate(inp.windows.occluded):
+        assert occluded or (torch.equal(crops[i], seg.crops[i]) and torch.equal(crop_masks[i], seg.crop_masks[i]))
+    assert cond.shape == (setup["n"], 64, 64, 3) and float((cond - _resized(crops, 64)).abs().max()) < 1e-6
 
 
-def test_run_without_inpainting_or_guidance_needs_no_checkpoints_and_takes_depth(setup, tmp_path):
+def test_run_without_inpainting_or_guidance_needs_no_checkpoints_and_takes_depth(setup, tmp_path, monkeypatch):
     from comboverse_ops.app.cli import main
+    from comboverse_ops.decompose import segment
+    from comboverse_ops.lift3d import reconstruct
+
+    seen = {"segment": [], "lift3d": []}
+    _spy(monkeypatch, segment, "segment_image", seen["segment"])
+    _spy(monkeypatch, reconstruct, "reconstruct_objects", seen["lift3d"])
 
     models = tmp_path / "models"
     shutil.copytree(setup["models"] / "sams", models / "sams")
@@ -103,6 +144,10 @@ def test_run_without_inpainting_or_guidance_needs_no_checkpoints_and_takes_depth
     assert report["models"]["inpaint"]["kind"] == "skipped" and report["models"]["guidance"]["file"] is None
     assert "guidance_ssds" not in report["losses"]["final"]
     assert (tmp_path / "plain_novel_2.png").is_file()
+    # Segment's crops reach TripoSR as Segment framed them, only resized to its 64 px.
+    seg, ((_, crops, crop_masks, *_), (_, cond)) = seen["segment"][0][1], seen["lift3d"][0]
+    assert torch.equal(crops, seg.crops) and torch.equal(crop_masks, seg.crop_masks)
+    assert float((cond - _resized(crops, 64)).abs().max()) < 1e-6
 
 
 @pytest.mark.parametrize("missing, folder", [("sams", "sams"), ("checkpoints", "checkpoints"),

@@ -182,7 +182,8 @@ def inpaint_stage(run: Run, image: torch.Tensor, objects: Objects, sam) -> Objec
         run.models_used["inpaint"] = {"kind": sd.info.describe(), "file": str(files["inpaint"])}
         settings = s.stage("inpaint")
         with run.bar("inpaint", settings.steps * max(1, len(objects.layout))) as cb:
-            res = inpaint_objects(image, objects.layout, sd, settings, s.stage("recenter"), sam=sam, callback=cb)
+            res = inpaint_objects(image, objects.layout, sd, settings, s.stage("recenter"), sam=sam, callback=cb,
+                                  crops=(objects.crops, objects.crop_masks))  # untouched objects keep Segment's
         _offload(run, sam, sd)
     return Objects(objects.layout, res.crops, res.crop_masks, tuple(bool(x) for x in res.windows.occluded),
                    objects.rgb)

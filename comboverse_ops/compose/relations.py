@@ -45,7 +45,6 @@ __all__ = [
     "RelationMargins",
     "relation_score",
     "relation_holds",
-    "relations_hold",
     "object_boxes",
 ]
 
@@ -140,9 +139,3 @@ def relation_holds(scene: Scene, subject_index: int, relation: str, object_index
                    camera: Cameras | None = None, margins: RelationMargins = RelationMargins()) -> bool:
     """True when "subject ``relation`` object" holds in 3D (:func:`relation_score` > 0)."""
     return relation_score(scene, subject_index, relation, object_index, camera, margins) > 0
-
-
-def relations_hold(scene: Scene, triples, camera: Cameras | None = None,
-                   margins: RelationMargins = RelationMargins()) -> list[bool]:
-    """:func:`relation_holds` for each ``(subject_index, relation, object_index)`` of ``triples``."""
-    return [relation_holds(scene, i, r, j, camera, margins) for i, r, j in triples]

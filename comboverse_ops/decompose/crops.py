@@ -82,11 +82,6 @@ class CropTransform:
         offset = torch.tensor([self.x0, self.y0], dtype=xy.dtype, device=xy.device)
         return (xy - offset) * self.scale
 
-    def to_source(self, uv: torch.Tensor) -> torch.Tensor:
-        """``[..., 2]`` crop pixel coordinates -> source pixel coordinates."""
-        offset = torch.tensor([self.x0, self.y0], dtype=uv.dtype, device=uv.device)
-        return uv / self.scale + offset
-
     def boxes_to_crop(self, boxes: torch.Tensor) -> torch.Tensor:
         """``[N, 4]`` ``(x0, y0, x1, y1)`` source boxes -> crop boxes."""
         return self.to_crop(boxes.reshape(-1, 2, 2)).reshape(-1, 4)

@@ -14,8 +14,8 @@ Per object ``i`` with visible mask ``M_i`` and box ``b_i``:
    re-centred for image-to-3D (:mod:`.crops`).
 
 Objects that nothing occludes (no other object's visible pixels within ``occlusion_margin``
-pixels of the object inside its box, and not cut by the image border) are not inpainted: their
-crop is exactly Segment's crop.
+pixels of the object inside its box, and not cut by the image border) are not inpainted, cut out
+or re-centred again: their crop is exactly Segment's crop (passed through when given).
 
 All of this happens in a square window per object, centred on its box, ``context`` times its
 longer side, resampled to the model's ``resolution``; the relations above hold exactly in that
@@ -427,20 +427,37 @@ def finish_objects(completed: torch.Tensor, object_masks: torch.Tensor, inpaint_
     if tuple(completed.shape[1:3]) != tuple(object_masks.shape[1:]):
         raise ValueError(f"Inpaint: inpainted images are {tuple(completed.shape[1:3])} but the masks "
                          f"{tuple(object_masks.shape[1:])}; the inpainting must keep the window size")
-    crops, crop_masks, masks = [], [], []
-    for i in range(n):
-        mask = resegment_completed(completed[i].float().cpu(), object_masks[i].cpu(), inpaint_masks[i].cpu(),
-                                   boxes[i].cpu(), settings, sam)
-        r = recenter_object(completed[i].float().cpu(), mask.float(), recenter, what=f"object {i}")
-        crops.append(r.image)
-        crop_masks.append(r.mask)
-        masks.append(mask.float())
-    return torch.stack(crops), torch.stack(crop_masks), torch.stack(masks)
+    done = [_finish_object(completed[i], object_masks[i], inpaint_masks[i], boxes[i], settings, recenter, sam,
+                           what=f"object {i}") for i in range(n)]
+    return tuple(torch.stack(part) for part in zip(*done))
+
+
+def _finish_object(completed, object_mask, inpaint_mask, box, settings: InpaintSettings, recenter: RecenterSettings,
+                   sam, *, what: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One object of :func:`finish_objects`: ``(crop [S, S, 3], crop_mask [S, S], completed_mask [R, R])``."""
+    mask = resegment_completed(completed.float().cpu(), object_mask.cpu(), inpaint_mask.cpu(), box.cpu(), settings,
+                               sam)
+    r = recenter_object(completed.float().cpu(), mask.float(), recenter, what=what)
+    return r.image, r.mask, mask.float()
+
+
+def _segment_crops(crops, n: int, recenter: RecenterSettings) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(crops, crop_masks)`` checked against ``n`` objects and the crop size, float32 on the CPU."""
+    if crops is None:
+        return None
+    images, masks = crops
+    s = recenter.size
+    if tuple(images.shape) != (n, s, s, 3) or tuple(masks.shape) != (n, s, s):
+        raise ValueError(f"Inpaint crops: expected Segment's {n} crops [{n}, {s}, {s}, 3] and crop masks "
+                         f"[{n}, {s}, {s}] (the crop size of the recenter settings), got {tuple(images.shape)} and "
+                         f"{tuple(masks.shape)}; give Segment's crops made with the same recenter settings, or none")
+    return images.detach().float().cpu(), masks.detach().float().cpu()
 
 
 def inpaint_objects(image_hwc: torch.Tensor, layout: Layout, model, settings: InpaintSettings = InpaintSettings(),
-                    recenter: RecenterSettings = RecenterSettings(), sam=None, callback=None) -> InpaintResult:
-    """Complete every occluded object of ``layout`` and re-centre all objects (METHOD.md step 2).
+                    recenter: RecenterSettings = RecenterSettings(), sam=None, callback=None, *,
+                    crops: tuple[torch.Tensor, torch.Tensor] | None = None) -> InpaintResult:
+    """Complete every occluded object of ``layout`` and re-centre it (METHOD.md step 2).
 
     Args:
         image_hwc: ``[H, W, C]`` float in [0, 1], the segmented image.
@@ -449,20 +466,32 @@ def inpaint_objects(image_hwc: torch.Tensor, layout: Layout, model, settings: In
             occluded.
         sam: optional :class:`~comboverse_ops.models.sam.LoadedSam` for re-segmentation.
         callback: ``callback(step, total, preview=None)``.
+        crops: Segment's ``(crops [N, S, S, 3], crop_masks [N, S, S])`` made with ``recenter``:
+            objects nothing occludes keep them as they are. Without them, those objects are
+            framed from the picture as Segment frames them (the same crops).
     Returns:
-        :class:`InpaintResult`; objects that nothing occludes get exactly Segment's crop.
+        :class:`InpaintResult`; objects that nothing occludes get exactly Segment's crop, and
+        their window and mask as prepared.
     """
     _require_masks(layout)
+    segment_crops = _segment_crops(crops, len(layout), recenter)
     rgb, alpha = source_rgb(image_hwc.cpu())  # once: for the windows and for the untouched objects' crops
     windows = _windows(rgb, layout, settings)
     prompts = [object_prompt(settings, p) for p in layout.phrases]
     completed = complete_with_sd(model, windows, prompts, settings, callback) if any(windows.occluded) \
         else windows.images.clone()
-    crops, crop_masks, masks = finish_objects(completed, windows.object_masks, windows.inpaint_masks, windows.boxes,
-                                              settings, recenter, sam)
+    out_crops, out_crop_masks, masks = [], [], []
     for i, occ in enumerate(windows.occluded):
-        if not occ:  # untouched: the same crop Segment made from the source image
+        if occ:
+            crop, crop_mask, mask = _finish_object(completed[i], windows.object_masks[i], windows.inpaint_masks[i],
+                                                   windows.boxes[i], settings, recenter, sam, what=f"object {i}")
+        elif segment_crops is not None:  # untouched: Segment's crop passes through
+            crop, crop_mask, mask = segment_crops[0][i], segment_crops[1][i], windows.object_masks[i]
+        else:  # untouched: framed from the picture once, as Segment framed it
             coverage = layout.masks[i].cpu().float() * (alpha if alpha is not None else 1.0)
             r = recenter_object(rgb, coverage, recenter, what=f"object {i}")
-            crops[i], crop_masks[i] = r.image, r.mask
-    return InpaintResult(crops, crop_masks, windows, completed, masks)
+            crop, crop_mask, mask = r.image, r.mask, windows.object_masks[i]
+        out_crops.append(crop)
+        out_crop_masks.append(crop_mask)
+        masks.append(mask)
+    return InpaintResult(torch.stack(out_crops), torch.stack(out_crop_masks), windows, completed, torch.stack(masks))

@@ -1,9 +1,10 @@
 """Stage 1, step 3 of ComboVerse: one textured mesh per completed object crop.
 
-Per object: conditioning image (:mod:`.preprocess`) -> triplane (model ``encode``) -> density on
-a ``resolution^3`` grid -> marching cubes at ``density_threshold`` -> decimation to
-``max_faces`` -> vertex colours from the decoder at the final vertices -> rotation from the
-model's frame into the canonical object frame (+Y up, front +Z, centred, longest side 1).
+Per object: conditioning image (:mod:`.preprocess`: the crop on grey, framed unless it already
+is) -> triplane (model ``encode``) -> density on a ``resolution^3`` grid -> marching cubes at
+``density_threshold`` -> decimation to ``max_faces`` -> vertex colours from the decoder at the
+final vertices -> rotation from the model's frame into the canonical object frame (+Y up, front
++Z, centred, longest side 1).
 
 ``model`` is duck-typed: ``image_size`` (int), ``radius`` (float), ``encode([B, 3, S, S]) ->
 [B, ...]`` and ``query(code, [N, 3] points) -> {"density": [N], "color": [N, 3]}``, plus the
@@ -43,7 +44,8 @@ class Lift3DSettings:
                                         "keeps every face. Fewer faces make the combination stage faster.", lo=0,
                              hi=2_000_000, step=1000, source="paper")
     foreground_ratio: float = setting(FOREGROUND_RATIO, "Object size relative to the image the model sees (TripoSR "
-                                                        f"default {FOREGROUND_RATIO}).", lo=0.3, hi=1.0, step=0.01,
+                                                        f"default {FOREGROUND_RATIO}); crops framed at this ratio "
+                                                        "(Segment's) are used as they are.", lo=0.3, hi=1.0, step=0.01,
                                       source="upstream")
     # TripoSR's own mesh output does
     vertex_colors: bool = setting(True, "Colour the vertices from the model; off gives grey meshes.",

@@ -18,7 +18,6 @@ All functions take and return float tensors; device and dtype follow the inputs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -278,8 +277,3 @@ def unproject_pixel(uv: torch.Tensor, depth: torch.Tensor, cams: Cameras) -> tor
     cam = torch.stack([x, y, -depth], -1)
     c2w = cams.c2w.to(uv.dtype)
     return cam @ c2w[:, :3, :3].transpose(1, 2) + c2w[:, None, :3, 3]
-
-
-def fov_to_focal(fov_y_deg: float, height: int) -> float:
-    """Focal length in pixels for a vertical field of view."""
-    return height / (2 * math.tan(math.radians(fov_y_deg) / 2))

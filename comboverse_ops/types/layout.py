@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -47,9 +47,6 @@ class Layout:
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
-
-    def with_masks(self, masks: torch.Tensor) -> "Layout":
-        return replace(self, masks=masks)
 
 
 def layout_meta(layout: Layout) -> dict:
