@@ -26,7 +26,7 @@ __all__ = ["PipelineSettings", "KEEP_MODELS", "RESIDENT_MIN_GIB", "models_stay_o
 
 # Where the CLI's models wait between stages and between runs (``comboverse batch``, a second
 # ``run_pipeline`` in one process): "gpu" keeps every model on the GPU once loaded (no transfers:
-# 11.5 s instead of 16.7 s warm on an H100; all five models at once peak at 14.9 GiB allocated,
+# 13.2 s instead of 19.7 s warm on an H100; all five models at once peak at 14.9 GiB allocated,
 # 19.6 GiB in PyTorch's pool, docs/pipeline_benchmark.md), "offload" moves each stage's models to
 # CPU memory when the stage ends (the largest stage alone: 8.6 GiB), "auto" keeps them on a GPU
 # of at least RESIDENT_MIN_GIB (room for that pool and the desktop) and offloads on smaller ones.
