@@ -342,9 +342,11 @@ def _add_setting_flags(run) -> None:
                                                    "InitPose's depth; without it objects start at one depth")
     run.add_argument("--preview-size", type=int, default=d.preview_size, help="longer side of the preview PNGs")
     run.add_argument("--keep-models", choices=KEEP_MODELS, default=d.keep_models,
-                     help=f"where models wait between stages and runs: gpu keeps them there (no transfers; all "
-                          f"five models peak at about 15 GiB), offload moves each stage's models to CPU memory (peak "
-                          f"about 8.6 GiB), auto keeps them on GPUs of {RESIDENT_MIN_GIB:.0f} GiB and more")
+                     help=f"where models wait between stages and runs: keep leaves them where they compute (no "
+                          f"transfers; all five models peak at about 15 GiB on a GPU), offload sends each stage's "
+                          f"models away when it ends (to CPU memory from a GPU, peak about 8.6 GiB; out of memory on "
+                          f"a CPU run), auto keeps them on GPUs of {RESIDENT_MIN_GIB:.0f} GiB and more and offloads "
+                          f"otherwise")
     run.add_argument("--preset", choices=sorted(PRESETS), default="default",
                      help="start from these stage settings (comboverse_ops/app/presets.py); the flags below override "
                           "it. paper: the paper's values (10 SSDS views, ...); fast: a quick look")

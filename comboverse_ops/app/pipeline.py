@@ -22,8 +22,8 @@ dataclass the node's widgets are generated from):
 Each stage is a function ``(run, inputs...) -> its output dataclass``; :class:`Run` carries what
 every stage shares (settings, device, model files, timings, the models used). Between stages the
 previous stage's models leave the GPU (``.to("cpu")`` on the loaders' holders; bare modules in
-the shared cache go through ``MODEL_CACHE.offload``), unless the run keeps them there
-(``--keep-models``: by default on GPUs of 30 GiB and more, where all of them fit).
+the shared cache go through ``MODEL_CACHE.offload``; a CPU run forgets them), unless the run
+keeps them (``--keep-models``: by default on GPUs of 30 GiB and more, where all of them fit).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import torch
 from ..types.images import load_image_hwc  # re-exported: the CLI's picture loader
 from ..models.precision import model_dtype
 from .run_settings import (LEGACY_NAMES, PipelineInputs, PipelineSettings, check_inputs, find_models, models_root,
-                           models_stay_on_gpu, output_paths, pipeline_device, tokenizer_dirs, with_settings)
+                           models_stay, output_paths, pipeline_device, tokenizer_dirs, with_settings)
 
 __all__ = ["PipelineSettings", "PipelineInputs", "LEGACY_NAMES", "check_inputs", "run_pipeline", "find_models",
            "load_image_hwc", "with_settings", "models_root", "output_paths", "Run", "Detected", "Objects", "Lifted",
@@ -51,11 +51,16 @@ __all__ = ["PipelineSettings", "PipelineInputs", "LEGACY_NAMES", "check_inputs",
 
 
 def _offload(run: "Run", *handles) -> None:
-    """Move stage models off the GPU (holders with ``.to``, and bare modules in the shared cache),
-    unless the run keeps them there (:attr:`Run.resident`, ``--keep-models``)."""
+    """A stage's models leave when it ends, unless the run keeps them (:attr:`Run.resident`,
+    ``--keep-models``): off the GPU to CPU memory (holders with ``.to``, and bare modules in the
+    shared cache); on a CPU run out of memory (the shared cache forgets them, the next run reads
+    them again)."""
     from ..models.cache import MODEL_CACHE
 
     if run.resident:
+        return
+    if run.device.type == "cpu":
+        MODEL_CACHE.clear()
         return
     for h in handles:
         if h is not None:
@@ -80,8 +85,8 @@ class Run:
 
     @property
     def resident(self) -> bool:
-        """Whether models stay on the GPU between stages and runs (``settings.keep_models``)."""
-        return models_stay_on_gpu(self.settings.keep_models, self.device)
+        """Whether models stay where they compute between stages and runs (``settings.keep_models``)."""
+        return models_stay(self.settings.keep_models, self.device)
 
     @property
     def root(self) -> Path:

@@ -19,27 +19,32 @@ from ..models.folders import (CHECKPOINTS_FOLDER, CLIP_TOKENIZER_FOLDER, SAM_FOL
                              default_models_dir, weight_files)
 from .presets import StageSettings, apply_values
 
-__all__ = ["PipelineSettings", "KEEP_MODELS", "RESIDENT_MIN_GIB", "models_stay_on_gpu", "PipelineInputs",
+__all__ = ["PipelineSettings", "KEEP_MODELS", "RESIDENT_MIN_GIB", "models_stay", "PipelineInputs",
            "LEGACY_NAMES", "with_settings", "models_root", "find_models", "pipeline_device", "check_inputs",
            "output_paths", "tokenizer_dirs"]
 
 
 # Where the CLI's models wait between stages and between runs (``comboverse batch``, a second
-# ``run_pipeline`` in one process): "gpu" keeps every model on the GPU once loaded (no transfers:
-# 13.2 s instead of 19.7 s warm on an H100; all five models at once peak at 14.9 GiB allocated,
-# 19.6 GiB in PyTorch's pool, docs/pipeline_benchmark.md), "offload" moves each stage's models to
-# CPU memory when the stage ends (the largest stage alone: 8.6 GiB), "auto" keeps them on a GPU
-# of at least RESIDENT_MIN_GIB (room for that pool and the desktop) and offloads on smaller ones.
-KEEP_MODELS = ("auto", "gpu", "offload")
+# ``run_pipeline`` in one process):
+# - "keep": where they compute, once loaded. On an H100 no transfers: 13.2 s instead of 19.7 s
+#   warm; all five models at once peak at 14.9 GiB allocated, 19.6 GiB in PyTorch's pool
+#   (docs/pipeline_benchmark.md).
+# - "offload": each stage's models leave when the stage ends. From a GPU they go to CPU memory
+#   (the largest stage alone: 8.6 GiB). On a CPU run they leave memory and are read again next
+#   run: all five in fp32 with SSDS outgrew 24 GB of RAM.
+# - "auto": keep on a GPU of at least RESIDENT_MIN_GIB (room for that pool and the desktop),
+#   offload on smaller GPUs and on CPU runs. On a CPU, reading a model again costs seconds next to
+#   its minutes of compute, and RAM is what runs out.
+KEEP_MODELS = ("auto", "keep", "offload")
 RESIDENT_MIN_GIB = 30.0
 
 
-def models_stay_on_gpu(keep_models: str, device: torch.device) -> bool:
-    """Whether a run's models stay on ``device`` between stages and runs (:data:`KEEP_MODELS`)."""
-    if device.type != "cuda" or keep_models == "offload":
+def models_stay(keep_models: str, device: torch.device) -> bool:
+    """Whether a run's models stay where they compute between stages and runs (:data:`KEEP_MODELS`)."""
+    if keep_models in ("keep", "offload"):
+        return keep_models == "keep"
+    if device.type != "cuda":
         return False
-    if keep_models == "gpu":
-        return True
     total = torch.cuda.get_device_properties(device).total_memory / 2**30
     return total >= RESIDENT_MIN_GIB
 
@@ -64,7 +69,7 @@ class PipelineSettings:
     seed: int = 0  # every stage's seed (Inpaint's, SSDS's)
     depth: str | None = None  # Depth Anything V2 save_pretrained folder (--depth DIR); None: no depth map
     preview_size: int = 256  # longer side of the preview PNGs
-    keep_models: str = "auto"  # KEEP_MODELS: where models wait between stages and runs (pipeline.models_stay_on_gpu)
+    keep_models: str = "auto"  # KEEP_MODELS: where models wait between stages and runs (models_stay)
     stages: StageSettings = field(default_factory=StageSettings)
 
     def resolved(self) -> StageSettings:
